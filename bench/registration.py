@@ -1,0 +1,240 @@
+"""Registration benchmark: identity, ANTsPy SyN, SimpleITK symmetric-forces demons, MONAI VoxelMorph (trained
+here on the same training pairs for the same wall-clock budget as the rli2it model) and rli2it, on the held-out
+template-to-subject test pairs, in one process.
+
+Every method is scored the same way: its pull-back mapping is turned into a voxel displacement field, the moving
+labels are warped with nearest neighbour by :func:`rli2it_med.registration.warp.warp`, and Dice per label, HD95
+(mm), % of voxels with det(J) <= 0 and seconds per pair are computed by :mod:`rli2it_med.registration.metrics`.
+
+    python bench/registration.py --dim 2
+    python bench/registration.py --dim 3 --model bundles/.../model.pt
+    python bench/registration.py --dim 2 --quick      # a few pairs, a 1-minute VoxelMorph
+
+The table goes to stdout, and its last line is the same as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from rli2it_med.agent.networks import count_parameters  # noqa: E402
+from rli2it_med.api import Registrator  # noqa: E402
+from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
+from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
+from rli2it_med.registration.warp import identity_grid, warp  # noqa: E402
+
+LABELS = {1: "CSF", 2: "GM", 3: "WM"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- methods: each maps a Pair (1, 1, *S) to a pull-back displacement field (1, ndim, *S) in voxels ---------------
+def identity(pair: Pair) -> torch.Tensor:
+    return torch.zeros(1, pair.fixed.ndim - 2, *pair.fixed.shape[2:])
+
+
+def _coordinate_maps_to_ddf(maps: list[np.ndarray], shape: tuple[int, ...]) -> torch.Tensor:
+    mapped = torch.from_numpy(np.stack(maps)).double()
+    return (mapped - identity_grid(shape, "cpu", torch.float64))[None].float()
+
+
+def ants_syn(pair: Pair, spacing: tuple[float, ...]) -> torch.Tensor:
+    """ANTsPy ``type_of_transform="SyN"`` (affine + SyN, ANTsPy defaults)."""
+    import ants
+
+    shape = tuple(pair.fixed.shape[2:])
+    fixed = ants.from_numpy(pair.fixed[0, 0].numpy().astype(np.float32), spacing=spacing)
+    moving = ants.from_numpy(pair.moving[0, 0].numpy().astype(np.float32), spacing=spacing)
+    reg = ants.registration(fixed, moving, type_of_transform="SyN")
+    # the mapping's index coordinates: warp images of each voxel coordinate with the same transforms
+    maps = []
+    for axis_coords in identity_grid(shape, "cpu", torch.float32):
+        img = ants.from_numpy(axis_coords.numpy(), spacing=spacing)
+        out = ants.apply_transforms(fixed, img, reg["fwdtransforms"], interpolator="linear")
+        maps.append(out.numpy())
+    return _coordinate_maps_to_ddf(maps, shape)
+
+
+def sitk_demons(pair: Pair, iterations: int, sigma: float) -> torch.Tensor:
+    """SimpleITK symmetric-forces demons (displacement field smoothed by ``sigma`` voxels)."""
+    import SimpleITK as sitk
+
+    fixed = sitk.GetImageFromArray(pair.fixed[0, 0].numpy().astype(np.float32))
+    moving = sitk.GetImageFromArray(pair.moving[0, 0].numpy().astype(np.float32))
+    demons = sitk.SymmetricForcesDemonsRegistrationFilter()
+    demons.SetNumberOfIterations(iterations)
+    demons.SetStandardDeviations(sigma)
+    field = demons.Execute(fixed, moving)
+    vec = sitk.GetArrayFromImage(field)  # (*S, ndim) with components in (x, y[, z]) = reversed axis order
+    return torch.from_numpy(np.moveaxis(vec, -1, 0)[::-1].copy())[None].float()
+
+
+# --- MONAI VoxelMorph, trained here ----------------------------------------------------------------------------------
+def train_voxelmorph(train: PairDataset, minutes: float, batch_size: int, seed: int = 0):
+    from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+    from monai.networks.nets import VoxelMorph
+
+    torch.manual_seed(seed)
+    nd = train.spatial_dims
+    net = VoxelMorph(spatial_dims=nd)
+    ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=nd, kernel_size=9)
+    smooth = DiffusionLoss()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    rng = np.random.default_rng(seed)
+    start, iters = time.perf_counter(), 0
+    while time.perf_counter() - start < minutes * 60:
+        pair = train.get(rng.integers(0, len(train), batch_size))
+        moved, ddf = net(pair.moving, pair.fixed)
+        loss = ncc(moved, pair.fixed) + 1.0 * smooth(ddf)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        iters += 1
+    net.eval()
+    return net, iters, (time.perf_counter() - start) / 60
+
+
+def voxelmorph_method(net):
+    @torch.no_grad()
+    def run(pair: Pair) -> torch.Tensor:
+        return net(pair.moving, pair.fixed)[1]
+
+    return run
+
+
+# --- scoring -------------------------------------------------------------------------------------------------------
+def score(name: str, method, pairs: PairDataset, n: int, params: int | str = "-") -> dict:
+    dice, hd, fold, secs = [], [], [], []
+    labels = tuple(LABELS)
+    for i in range(n):
+        pair = pairs.get([i])
+        start = time.perf_counter()
+        ddf = method(pair)
+        secs.append(time.perf_counter() - start)
+        warped = warp(pair.moving_seg, ddf, mode="nearest")
+        dice.append(dice_per_label(warped, pair.fixed_seg, labels)[0].numpy())
+        hd.append(hd95_per_label(warped, pair.fixed_seg, labels, pairs.spacing)[0].numpy())
+        fold.append(folding_percent(ddf).item())
+    dice, hd = np.stack(dice), np.stack(hd)
+    row = {"method": name, "dice_gm_wm": float(np.nanmean(dice[:, 1:]))}
+    row |= {f"dice_{LABELS[lab]}": float(np.nanmean(dice[:, i])) for i, lab in enumerate(labels)}
+    row |= {"hd95_mm": float(np.nanmean(hd)), "folding_pct": float(np.mean(fold)), "s_per_pair": float(np.mean(secs))}
+    row |= {"params": params, "pairs": n}
+    print(f"  {name}: Dice GM/WM {row['dice_gm_wm']:.3f}, {row['s_per_pair']:.2f} s/pair", file=sys.stderr)
+    return row
+
+
+def dice_vs_step(reg: Registrator, pairs: PairDataset, n: int, steps: int) -> np.ndarray:
+    curves = []
+    for i in range(n):
+        p = pairs.get([i])
+        res = reg.register(p.fixed, p.moving, steps, p.fixed_seg, p.moving_seg)
+        curves.append(torch.stack([d.cpu() for d in res.dice], 1)[0].numpy())
+    return np.mean(curves, 0)
+
+
+def plot_curve(curve: np.ndarray, rows: list[dict], path: Path, trained_steps: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    ax.plot(range(len(curve)), curve, "o-", label="rli2it (mean Dice, CSF/GM/WM)")
+    ax.axvline(trained_steps, color="grey", ls=":", lw=1, label=f"trained episode length T={trained_steps}")
+    for r, c in zip([r for r in rows if r["method"] != "rli2it"], ["k", "tab:green", "tab:red", "tab:purple"]):
+        ax.axhline(np.mean([r[f"dice_{v}"] for v in LABELS.values()]), color=c, ls="--", lw=1, label=r["method"])
+    ax.set_xlabel("step t")
+    ax.set_ylabel("mean Dice (CSF, GM, WM)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dim", type=int, choices=(2, 3), required=True)
+    parser.add_argument("--data", help="dataset folder (default data/brain{dim}d)")
+    parser.add_argument("--model", help="rli2it checkpoint (default runs/brain{dim}d/best.pt)")
+    parser.add_argument("--pairs", type=int, help="test pairs (default: all; --quick: 5)")
+    parser.add_argument("--steps", type=int, help="rli2it steps at test time (default: the trained T)")
+    parser.add_argument("--vm-minutes", type=float, help="VoxelMorph training budget (default: rli2it's)")
+    parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
+    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: syn demons voxelmorph")
+    parser.add_argument("--quick", action="store_true", help="5 pairs and a 1-minute VoxelMorph")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+
+    data = args.data or str(ROOT / f"data/brain{args.dim}d")
+    model = args.model or str(ROOT / f"runs/brain{args.dim}d/best.pt")
+    test = PairDataset.load(data, "test", "template")
+    train = PairDataset.load(data, "train", "template")
+    n = min(args.pairs or (5 if args.quick else len(test)), len(test))
+    reg = Registrator.load(model, "cpu")
+    rl_minutes = float(reg.metadata.get("train_minutes", 0.0))
+    vm_minutes = args.vm_minutes if args.vm_minutes is not None else (1.0 if args.quick else rl_minutes)
+    spacing = tuple(test.spacing)
+    print(f"benchmark: {args.dim}D, {n} test pairs of {data}, rli2it model {model}", file=sys.stderr)
+
+    rows = [score("identity", identity, test, n)]
+    if "syn" not in args.skip:
+        rows.append(score("ANTs SyN", lambda p: ants_syn(p, spacing), test, n))
+    if "demons" not in args.skip:
+        rows.append(score("SimpleITK demons", lambda p: sitk_demons(p, 100, 1.5), test, n))
+    if "voxelmorph" not in args.skip:
+        print(f"  training MONAI VoxelMorph for {vm_minutes:.1f} min...", file=sys.stderr)
+        net, iters, minutes = train_voxelmorph(train, vm_minutes, batch_size=1)
+        row = score("MONAI VoxelMorph", voxelmorph_method(net), test, n, count_parameters(net))
+        rows.append(row | {"train_min": round(minutes, 1), "train_iters": iters})
+
+    def ours(pair: Pair) -> torch.Tensor:
+        return reg.register(pair.fixed, pair.moving, args.steps).field
+
+    params = count_parameters(reg.agent.planner) + count_parameters(reg.agent.actor)
+    rows.append(score("rli2it", ours, test, n, params) | {"train_min": round(rl_minutes, 1)})
+
+    trained_t = reg.env_config.max_steps
+    curve = dice_vs_step(reg, test, min(n, 20), max(2 * trained_t, args.steps or 0))
+    plot = Path(args.plot or ROOT / f"docs/dice_vs_step_{args.dim}d.png")
+    plot_curve(curve, rows, plot, trained_t, f"{args.dim}D brain, template-to-subject test pairs (n={min(n, 20)})")
+
+    cols = ["method", "dice_gm_wm", "dice_CSF", "dice_GM", "dice_WM", "hd95_mm", "folding_pct", "s_per_pair", "params"]
+    print(f"\n{args.dim}D brain registration, {n} test pairs ({time.strftime('%Y-%m-%d')})")
+    print(" | ".join(f"{c:>16}" for c in cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:>16.4f}" if isinstance(r[c], float) else f"{r[c]!s:>16}" for c in cols))
+    best_classic = (
+        max(r["dice_gm_wm"] for r in rows if r["method"] in ("ANTs SyN", "SimpleITK demons"))
+        if any(r["method"] in ("ANTs SyN", "SimpleITK demons") for r in rows)
+        else float("nan")
+    )
+    syn = next((r for r in rows if r["method"] == "ANTs SyN"), None)
+    summary = {
+        "dim": args.dim,
+        "pairs": n,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+        "dice_per_step": [round(float(x), 4) for x in curve],
+        "rli2it_vs_best_classic": rows[-1]["dice_gm_wm"] - best_classic,
+        "rli2it_speedup_vs_syn": (syn["s_per_pair"] / rows[-1]["s_per_pair"]) if syn else None,
+    }
+    print("Dice after each rli2it step: " + " ".join(f"{t}:{d:.3f}" for t, d in enumerate(curve)))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

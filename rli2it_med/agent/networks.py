@@ -1,0 +1,224 @@
+"""Planner, actor and twin critic of the RL-I2IT agent (SPEC section 2), for 2D and 3D states.
+
+- :class:`Planner`: conv encoder of the state -> diagonal Gaussian plan ``N(mu, sigma)`` + skip features.
+- :class:`Actor`: the plan, broadcast as a 1x1(x1) map onto the deepest features, decoded U-Net-wise with the
+  planner's skips into the action, bounded by ``action_bound * tanh``.
+- :class:`TwinCritic`: two Q networks ``Q(s, plan)`` (conv encoder of the state, concatenated with the plan).
+
+The networks work on a coarse working grid (the state average-pooled by ``working_scale``) and the action is
+upsampled back to the full grid: this is what makes 3D training affordable on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Independent, Normal
+
+__all__ = ["AgentConfig", "PlannerOutput", "Planner", "Actor", "QNetwork", "TwinCritic", "Agent"]
+
+
+@dataclass
+class AgentConfig:
+    """Architecture of the agent.
+
+    Attributes:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the state.
+        action_channels: channels of the action (``spatial_dims`` for a displacement field).
+        plan_dim: size of the plan vector.
+        channels: encoder widths; the first level keeps the working resolution, each next one halves it.
+        critic_channels: widths of each critic's strided conv encoder.
+        critic_hidden: width of the critic's head.
+        working_scale: the state is average-pooled by this factor before the networks; the action is upsampled back.
+        action_bound: the action is ``action_bound * tanh(.)`` (voxels of the full grid for a field).
+        logvar_min: lower bound of the plan's log-variance.
+        logvar_max: upper bound of the plan's log-variance.
+    """
+
+    spatial_dims: int = 2
+    in_channels: int = 2
+    action_channels: int = 2
+    plan_dim: int = 64
+    channels: tuple[int, ...] = (16, 32, 32, 32)
+    critic_channels: tuple[int, ...] = (16, 32, 32, 64)
+    critic_hidden: int = 256
+    working_scale: int = 1
+    action_bound: float = 2.0
+    logvar_min: float = -10.0
+    logvar_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        self.channels = tuple(self.channels)
+        self.critic_channels = tuple(self.critic_channels)
+        if not self.channels or not self.critic_channels:
+            raise ValueError("channels and critic_channels must not be empty")
+        if self.working_scale < 1:
+            raise ValueError(f"working_scale must be >= 1, got {self.working_scale}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PlannerOutput(NamedTuple):
+    mean: torch.Tensor  # (B, plan_dim)
+    logvar: torch.Tensor  # (B, plan_dim)
+    skips: list[torch.Tensor]  # encoder features, shallow to deep
+
+    def distribution(self) -> Independent:
+        """Diagonal Gaussian over plans (never a full-covariance MultivariateNormal)."""
+        return Independent(Normal(self.mean, torch.exp(0.5 * self.logvar)), 1)
+
+
+def _conv(spatial_dims: int, cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
+    return nn.Sequential(conv(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2, inplace=True))
+
+
+def _check_state(x: torch.Tensor, config: AgentConfig) -> None:
+    if x.ndim != config.spatial_dims + 2 or x.shape[1] != config.in_channels:
+        raise ValueError(
+            f"expected a state of shape (B, {config.in_channels}, {', '.join('S' * config.spatial_dims)}), "
+            f"got {tuple(x.shape)}"
+        )
+
+
+class Planner(nn.Module):
+    """State (B, in_channels, *S_work) -> :class:`PlannerOutput`."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__()
+        self.config = config
+        nd, ch = config.spatial_dims, config.channels
+        self.levels = nn.ModuleList(
+            [_conv(nd, config.in_channels, ch[0])] + [_conv(nd, ch[i - 1], ch[i], stride=2) for i in range(1, len(ch))]
+        )
+        self.head = nn.Linear(ch[-1], 2 * config.plan_dim)
+
+    def forward(self, state: torch.Tensor) -> PlannerOutput:
+        _check_state(state, self.config)
+        skips, x = [], state
+        for level in self.levels:
+            x = level(x)
+            skips.append(x)
+        mean, raw = self.head(x.flatten(2).mean(-1)).chunk(2, dim=1)
+        lo, hi = self.config.logvar_min, self.config.logvar_max
+        logvar = lo + 0.5 * (hi - lo) * (torch.tanh(raw) + 1)  # smooth squash into [lo, hi]
+        return PlannerOutput(mean, logvar, skips)
+
+
+class Actor(nn.Module):
+    """Plan (B, plan_dim) + skips -> action (B, action_channels, *S_work) bounded by ``action_bound``."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__()
+        self.config = config
+        nd, ch = config.spatial_dims, config.channels
+        self.plan_in = nn.Linear(config.plan_dim, ch[-1])
+        self.bottom = _conv(nd, 2 * ch[-1], ch[-1])
+        self.ups = nn.ModuleList(_conv(nd, ch[i + 1] + ch[i], ch[i]) for i in reversed(range(len(ch) - 1)))
+        conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
+        self.out = conv(ch[0], config.action_channels, 3, padding=1)
+        nn.init.normal_(self.out.weight, std=1e-5)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, plan: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        if plan.ndim != 2 or plan.shape[1] != self.config.plan_dim:
+            raise ValueError(f"expected a plan of shape (B, {self.config.plan_dim}), got {tuple(plan.shape)}")
+        deepest = skips[-1]
+        p = self.plan_in(plan).view(*plan.shape[:1], -1, *([1] * self.config.spatial_dims))
+        x = self.bottom(torch.cat([deepest, p.expand_as(deepest)], dim=1))
+        for up, skip in zip(self.ups, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
+            x = up(torch.cat([x, skip], dim=1))
+        return self.config.action_bound * torch.tanh(self.out(x))
+
+
+class QNetwork(nn.Module):
+    """Q(s, plan): strided conv encoder of the state, global average, concat plan, MLP -> (B,)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__()
+        nd, ch = config.spatial_dims, config.critic_channels
+        self.config = config
+        self.encoder = nn.Sequential(
+            *[_conv(nd, config.in_channels if i == 0 else ch[i - 1], ch[i], stride=2) for i in range(len(ch))]
+        )
+        self.head = nn.Sequential(
+            nn.Linear(ch[-1] + config.plan_dim, config.critic_hidden),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(config.critic_hidden, config.critic_hidden),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(config.critic_hidden, 1),
+        )
+
+    def forward(self, state: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+        _check_state(state, self.config)
+        features = self.encoder(state).flatten(2).mean(-1)
+        return self.head(torch.cat([features, plan], dim=1)).squeeze(1)
+
+
+class TwinCritic(nn.Module):
+    """Two independent Q networks; ``forward`` returns both."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__()
+        self.q1, self.q2 = QNetwork(config), QNetwork(config)
+
+    def forward(self, state: torch.Tensor, plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q1(state, plan), self.q2(state, plan)
+
+
+class Agent(nn.Module):
+    """Planner + actor + twin critic (+ its Polyak target), working on a grid ``working_scale`` times coarser."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.planner = Planner(config)
+        self.actor = Actor(config)
+        self.critic = TwinCritic(config)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.critic_target.requires_grad_(False)
+
+    def to_working_grid(self, state: torch.Tensor) -> torch.Tensor:
+        """Average-pool a full-grid state onto the working grid."""
+        s = self.config.working_scale
+        if s == 1:
+            return state
+        pool = (F.avg_pool2d, F.avg_pool3d)[self.config.spatial_dims - 2]
+        return pool(state, kernel_size=s, stride=s, ceil_mode=True)
+
+    def decode(self, plan: torch.Tensor, skips: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
+        """Actor output upsampled to the full grid ``size`` (values stay in full-grid units)."""
+        action = self.actor(plan, skips)
+        if tuple(action.shape[2:]) != tuple(size):
+            mode = ("bilinear", "trilinear")[self.config.spatial_dims - 2]
+            action = F.interpolate(action, size=size, mode=mode, align_corners=True)
+        return action
+
+    def act(self, state: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Plan and action for a full-grid state (B, C, *S).
+
+        Returns:
+            ``(plan (B, plan_dim), action (B, action_channels, *S), log_prob (B,))``; the plan is the mean when
+            ``deterministic`` (reproducible inference), a reparameterised sample otherwise.
+        """
+        out = self.planner(self.to_working_grid(state))
+        dist = out.distribution()
+        plan = out.mean if deterministic else dist.rsample()
+        return plan, self.decode(plan, out.skips, tuple(state.shape[2:])), dist.log_prob(plan)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__.append("count_parameters")

@@ -1,0 +1,194 @@
+"""The Python API: load a trained agent and register images step by step.
+
+Example::
+
+    from rli2it_med.api import Registrator
+
+    reg = Registrator.load("bundles/brain_mri_registration/models/model.pt")
+    result = reg.register(fixed, moving, fixed_seg=fixed_labels, moving_seg=moving_labels)
+    result.warped, result.field, result.warped_seg, result.dice  # same kind as the inputs (array or tensor)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rli2it_med.agent.checkpoint import load_checkpoint
+from rli2it_med.agent.networks import Agent, AgentConfig
+from rli2it_med.registration.data import Pair
+from rli2it_med.registration.env import EnvConfig, RegistrationEnv
+
+__all__ = ["RegistrationResult", "Registrator", "load_model", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when present, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class RegistrationResult:
+    """Output of :meth:`Registrator.register`, in the kind and layout of the inputs.
+
+    Attributes:
+        warped: moving image warped onto the fixed image.
+        field: accumulated displacement ``Phi_T``, (ndim, *S) (or (B, ndim, *S) for batched input), in voxels.
+        warped_seg: moving labels warped with nearest neighbour (None without ``moving_seg``).
+        dice: per-step mean Dice, length ``steps + 1`` (index 0 = before registration); empty without labels.
+        step_fields: accumulated field after each step when ``keep_steps=True``.
+        seconds: wall-clock time of the steps.
+    """
+
+    warped: Any
+    field: Any
+    warped_seg: Any | None
+    dice: list[Any] = field(default_factory=list)
+    step_fields: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def trajectory(self) -> list[Any]:
+        """Mean Dice after each step t = 0..T (the per-step trajectory)."""
+        return self.dice
+
+
+class _Layout:
+    """Remember how the caller gave an image so results come back the same way."""
+
+    def __init__(self, x: Any, spatial_dims: int, name: str) -> None:
+        self.numpy = isinstance(x, np.ndarray)
+        if not (self.numpy or isinstance(x, torch.Tensor)):
+            raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+        self.extra = x.ndim - spatial_dims
+        if self.extra not in (0, 1, 2):
+            raise ValueError(
+                f"{name} must have shape S, (1, *S) or (B, 1, *S) with {spatial_dims} spatial dims, "
+                f"got {tuple(x.shape)}"
+            )
+        self.device = None if self.numpy else x.device
+
+    def to_batch(self, x: Any) -> torch.Tensor:
+        t = torch.as_tensor(np.ascontiguousarray(x)) if self.numpy else x
+        for _ in range(2 - self.extra):
+            t = t.unsqueeze(0)
+        if t.shape[1] != 1:
+            raise ValueError(f"expected one channel, got shape {tuple(t.shape)}")
+        return t
+
+    def back(self, t: torch.Tensor, channel_first_field: bool = False) -> Any:
+        if self.extra < 2:
+            t = t[0]
+            if self.extra == 0 and not channel_first_field:
+                t = t[0]
+        return t.detach().cpu().numpy() if self.numpy else t.to(self.device)
+
+
+class Registrator:
+    """A trained registration agent.
+
+    Args:
+        agent: the planner/actor (the critic is not used at inference).
+        env_config: episode length (default steps) and step bound.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
+    """
+
+    def __init__(self, agent: Agent, env_config: EnvConfig, device: str | torch.device | None = "auto") -> None:
+        self.device = resolve_device(device)
+        self.agent = agent.to(self.device).eval()
+        self.env_config = env_config
+        self.metadata: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = "auto") -> Registrator:
+        """Load a checkpoint written by training (``model.pt``) in one call."""
+        payload = load_checkpoint(path)
+        cfg = payload["config"]
+        try:
+            agent = Agent(AgentConfig(**cfg["agent"]))
+            agent.load_state_dict(payload["state_dict"])
+            env_config = EnvConfig(**cfg["env"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"{path}: checkpoint does not describe a registration agent ({e})") from e
+        reg = cls(agent, env_config, device)
+        reg.metadata = {k: v for k, v in payload.items() if k not in ("state_dict",)}
+        return reg
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.agent.config.spatial_dims
+
+    @torch.no_grad()
+    def register(
+        self,
+        fixed: Any,
+        moving: Any,
+        steps: int | None = None,
+        fixed_seg: Any | None = None,
+        moving_seg: Any | None = None,
+        keep_steps: bool = False,
+    ) -> RegistrationResult:
+        """Register ``moving`` onto ``fixed`` in ``steps`` steps (default: the trained episode length).
+
+        Args:
+            fixed, moving: arrays or tensors of shape S, (1, *S) or (B, 1, *S), intensities roughly in [0, 1].
+            steps: number of agent steps T.
+            fixed_seg, moving_seg: optional label maps of the same shape; give both to get the Dice trajectory.
+            keep_steps: also return the accumulated field after every step.
+        """
+        nd = self.spatial_dims
+        layout = _Layout(fixed, nd, "fixed")
+        _Layout(moving, nd, "moving")
+        to_batch = layout.to_batch
+        pair = Pair(
+            to_batch(fixed).float(),
+            to_batch(moving).float(),
+            None if fixed_seg is None else to_batch(fixed_seg).long(),
+            None if moving_seg is None else to_batch(moving_seg).long(),
+        )
+        with_labels = pair.fixed_seg is not None and pair.moving_seg is not None
+        steps = self.env_config.max_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        env_cfg = EnvConfig(
+            max_steps=max(steps, 1),
+            max_step=self.env_config.max_step,
+            reward="labels" if with_labels else "none",
+        )
+        env = RegistrationEnv(env_cfg, device=self.device)
+        start = time.perf_counter()
+        obs, info = env.reset(options={"pair": pair})
+        dice = [info["dice"]] if with_labels else []
+        step_fields = []
+        for _ in range(steps):
+            _, action, _ = self.agent.act(obs, deterministic=True)
+            obs, _, _, _, info = env.step(action)
+            if with_labels:
+                dice.append(info["dice"])
+            if keep_steps:
+                step_fields.append(layout.back(info["field"], channel_first_field=True))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        warped_seg = info["warped_seg"] if pair.moving_seg is not None else None
+        batched = layout.extra == 2
+        return RegistrationResult(
+            warped=layout.back(info["warped"]),
+            field=layout.back(info["field"], channel_first_field=True),
+            warped_seg=None if warped_seg is None else layout.back(warped_seg),
+            dice=[(d if batched else d[0]).cpu().numpy() if layout.numpy else d for d in dice],
+            step_fields=step_fields,
+            seconds=seconds,
+        )
+
+
+def load_model(path: str | Path, device: str | torch.device | None = "auto") -> Registrator:
+    """Shorthand for :meth:`Registrator.load`."""
+    return Registrator.load(path, device)

@@ -1,0 +1,90 @@
+"""In-memory registration pairs: fixed/moving images and label maps indexed by pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from rli2it_med import io
+
+__all__ = ["Pair", "PairDataset", "PAIR_KINDS"]
+
+PAIR_KINDS = ("template", "subject")
+
+
+class Pair(NamedTuple):
+    """A batch of pairs: images (B, 1, *S) float32, label maps (B, 1, *S) int64 (or None)."""
+
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    fixed_seg: torch.Tensor | None
+    moving_seg: torch.Tensor | None
+
+    def to(self, device: torch.device | str) -> Pair:
+        return Pair(*(None if x is None else x.to(device) for x in self))
+
+
+class PairDataset:
+    """Registration pairs over a pool of images.
+
+    Args:
+        images: (N, *S) float array, every image of the pool.
+        labels: (N, *S) integer label maps, or None.
+        pairs: (P, 2) integer array of ``(fixed_index, moving_index)`` into the pool.
+        label_values: the foreground label values to score (background excluded).
+        spacing: voxel size in mm, for HD95.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        pairs: np.ndarray,
+        label_values: Sequence[int] = (),
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        images = np.asarray(images, dtype=np.float32)
+        pairs = np.asarray(pairs, dtype=np.int64)
+        if images.ndim not in (3, 4):
+            raise ValueError(f"images must be (N, H, W) or (N, H, W, D), got shape {images.shape}")
+        if labels is not None and labels.shape != images.shape:
+            raise ValueError(f"labels shape {labels.shape} differs from images shape {images.shape}")
+        if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
+            raise ValueError(f"pairs must be a non-empty (P, 2) array, got shape {pairs.shape}")
+        if pairs.min() < 0 or pairs.max() >= len(images):
+            raise ValueError(f"pair indices must lie in [0, {len(images)}), got [{pairs.min()}, {pairs.max()}]")
+        self.images = torch.from_numpy(images).unsqueeze(1)
+        self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64)).unsqueeze(1)
+        self.pairs = torch.from_numpy(pairs)
+        self.label_values = tuple(int(v) for v in label_values)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+
+    @classmethod
+    def load(cls, root: str | Path, split: str = "train", kind: str = "template") -> PairDataset:
+        """Load a split built by ``data_prep/brain.py``; ``kind`` is ``"template"`` or ``"subject"``."""
+        if kind not in PAIR_KINDS:
+            raise ValueError(f"kind must be one of {PAIR_KINDS}, got {kind!r}")
+        arrays, meta = io.load_dataset(root, split)
+        return cls(arrays["images"], arrays["labels"], arrays[f"pairs_{kind}"], meta["label_values"], meta["spacing"])
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.images.ndim - 2
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[2:])
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def get(self, indices: Sequence[int] | torch.Tensor) -> Pair:
+        """Return the pairs at ``indices`` as one batch."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        fixed_idx, moving_idx = self.pairs[idx, 0], self.pairs[idx, 1]
+        segs = (None, None) if self.labels is None else (self.labels[fixed_idx], self.labels[moving_idx])
+        return Pair(self.images[fixed_idx], self.images[moving_idx], *segs)

@@ -1,0 +1,304 @@
+"""Training and evaluation of the registration agent (used by ``rli2it train`` / ``rli2it evaluate`` and bundles).
+
+Each round collects a batch of episodes with the stochastic policy (random plans during bootstrap) into the
+compact episode buffer, then runs SAC + auxiliary updates. Validation Dice decides ``best.pt``; ``model.pt`` is
+the latest weights and ``train_state.pt`` holds optimisers, counters, elapsed time and RNG for ``--resume``
+(the replay buffer is refilled after a resume).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, count_parameters
+from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
+from rli2it_med.api import Registrator, resolve_device
+from rli2it_med.io import save_json
+from rli2it_med.registration.data import PairDataset
+from rli2it_med.registration.env import EnvConfig, RegistrationEnv
+from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label
+from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config
+
+__all__ = ["TrainConfig", "default_config", "train", "evaluate", "peak_memory_mb"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved next to the weights.
+
+    Attributes:
+        data: dataset folder built by ``data_prep/brain.py``.
+        out: run folder (``model.pt``, ``best.pt``, ``train_state.pt``, ``progress.csv``).
+        pairs: ``"template"`` or ``"subject"`` pairs for training.
+        minutes: wall-clock budget of the run (resumed time counts).
+        max_updates: stop after this many gradient steps (None: budget only).
+        env_batch: episodes collected per round.
+        updates_per_round: gradient steps after each round.
+        batch_size: replayed transitions per gradient step.
+        bootstrap_rounds: rounds with random plans before learning starts.
+        buffer_episodes: replay capacity, in episodes.
+        eval_every: gradient steps between validations/checkpoints.
+        val_pairs: validation pairs used (first N).
+        lr_floor: learning rates follow a cosine from 1 to ``lr_floor`` times their base over the time budget.
+    """
+
+    data: str = "data/brain2d"
+    out: str = "runs/brain2d"
+    pairs: str = "template"
+    seed: int = 0
+    device: str = "auto"
+    minutes: float = 10.0
+    max_updates: int | None = None
+    env_batch: int = 8
+    updates_per_round: int = 8
+    batch_size: int = 16
+    bootstrap_rounds: int = 2
+    buffer_episodes: int = 512
+    eval_every: int = 200
+    val_pairs: int = 20
+    lr_floor: float = 0.05
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        parts = {"agent": AgentConfig, "env": EnvConfig, "sac": SACConfig, "loss": LossConfig}
+        return cls(**{k: (parts[k](**v) if k in parts else v) for k, v in d.items()})
+
+
+def default_config(spatial_dims: int, **overrides: Any) -> TrainConfig:
+    """The defaults used for the shipped 2D (128x128) and 3D (96x112x96, 2 mm) brain models."""
+    if spatial_dims == 2:
+        cfg = TrainConfig(
+            data="data/brain2d",
+            out="runs/brain2d",
+            batch_size=8,
+            eval_every=100,
+            val_pairs=40,
+            sac=SACConfig(lr_aux=5e-4, lr_planner=5e-4),
+            agent=agent_config(2, action_bound=2.0),
+            env=EnvConfig(max_steps=8, max_step=2.0),
+            loss=LossConfig(kernel_size=9, smooth_weight=0.5),
+        )
+    else:
+        cfg = TrainConfig(
+            data="data/brain3d",
+            out="runs/brain3d",
+            env_batch=2,
+            updates_per_round=4,
+            batch_size=2,
+            buffer_episodes=48,
+            eval_every=50,
+            val_pairs=4,
+            sac=SACConfig(lr_aux=5e-4, lr_planner=5e-4),
+            agent=agent_config(3, action_bound=2.0),
+            env=EnvConfig(max_steps=6, max_step=2.0),
+            loss=LossConfig(kernel_size=9, smooth_weight=1.0, loss_scale=2),
+        )
+    for k, v in overrides.items():
+        if not hasattr(cfg, k):
+            raise ValueError(f"unknown training option {k!r}; valid: {sorted(asdict(cfg))}")
+        setattr(cfg, k, v)
+    return cfg
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def model_config(cfg: TrainConfig) -> dict:
+    return {"agent": cfg.agent.to_dict(), "env": asdict(cfg.env), "loss": cfg.loss.to_dict(), "task": "registration"}
+
+
+@torch.no_grad()
+def collect(env: RegistrationEnv, agent: Agent, buffer: EpisodeReplayBuffer, random_plans: bool) -> dict[str, float]:
+    """Run one batch of episodes and store them; return the mean initial and final Dice."""
+    obs, info = env.reset()
+    fields, plans, rewards, dones = [info["field"]], [], [], []
+    dice0 = info["dice"].mean().item()
+    for _ in range(env.config.max_steps):
+        ws = agent.planner(agent.to_working_grid(obs))
+        plan = torch.randn_like(ws.mean) if random_plans else ws.distribution().sample()
+        action = agent.decode(plan, ws.skips, tuple(obs.shape[2:]))
+        obs, reward, terminated, _, info = env.step(action)
+        fields.append(info["field"])
+        plans.append(plan)
+        rewards.append(reward)
+        dones.append(terminated.float())
+    steps = len(rewards)
+    index = info["indices"].view(1, -1).expand(steps + 1, -1)
+    buffer.add(
+        {"index": index, "field": torch.stack(fields)}, torch.stack(plans), torch.stack(rewards), torch.stack(dones)
+    )
+    return {
+        "dice_initial": dice0,
+        "dice_final": info["dice"].mean().item(),
+        "return": torch.stack(rewards).sum(0).mean().item(),
+    }
+
+
+def evaluate(
+    registrator: Registrator,
+    pairs: PairDataset,
+    steps: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 1,
+    hd95: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Register pairs and score them.
+
+    Returns:
+        dict with per-pair arrays ``dice`` (P, L) per label, ``hd95`` (P, L), ``folding`` (P,), ``seconds`` (P,),
+        ``dice_initial`` (P, L), ``dice_steps`` (P, T+1) mean Dice after each step, and ``labels``.
+    """
+    n = len(pairs) if limit is None else min(limit, len(pairs))
+    labels = pairs.label_values
+    out: dict[str, list] = {k: [] for k in ("dice", "dice_initial", "hd95", "folding", "seconds", "dice_steps")}
+    for start in tqdm(range(0, n, batch_size), disable=not progress, desc="evaluate", unit="batch"):
+        idx = list(range(start, min(start + batch_size, n)))
+        pair = pairs.get(idx)
+        res = registrator.register(pair.fixed, pair.moving, steps, pair.fixed_seg, pair.moving_seg)
+        warped_seg = res.warped_seg.cpu()
+        out["dice"].append(dice_per_label(warped_seg, pair.fixed_seg, labels).numpy())
+        out["dice_initial"].append(dice_per_label(pair.moving_seg, pair.fixed_seg, labels).numpy())
+        if hd95:
+            out["hd95"].append(hd95_per_label(warped_seg, pair.fixed_seg, labels, pairs.spacing).cpu().numpy())
+        out["folding"].append(folding_percent(res.field.cpu()).numpy())
+        out["seconds"].append(np.full(len(idx), res.seconds / len(idx)))
+        out["dice_steps"].append(torch.stack([d.cpu() for d in res.dice], 1).numpy())
+    result = {k: np.concatenate(v) for k, v in out.items() if v}
+    result["labels"] = labels
+    return result
+
+
+def summarize(metrics: dict[str, Any], label_names: dict[str, str] | None = None) -> dict[str, float]:
+    """Means over pairs: Dice per label and overall, HD95, folding, seconds per pair."""
+    names = label_names or {}
+    s: dict[str, float] = {}
+    for i, lab in enumerate(metrics["labels"]):
+        name = names.get(str(lab), str(lab))
+        s[f"dice_{name}"] = float(np.nanmean(metrics["dice"][:, i]))
+    s["dice_mean"] = float(np.nanmean(metrics["dice"]))
+    s["dice_initial_mean"] = float(np.nanmean(metrics["dice_initial"]))
+    if "hd95" in metrics:
+        s["hd95_mean"] = float(np.nanmean(metrics["hd95"]))
+    s["folding_percent"] = float(np.mean(metrics["folding"]))
+    s["seconds_per_pair"] = float(np.mean(metrics["seconds"]))
+    return s
+
+
+def gm_wm_dice(metrics: dict[str, Any]) -> float:
+    """Mean Dice over GM (2) and WM (3): the headline number of the brain benchmarks."""
+    cols = [i for i, lab in enumerate(metrics["labels"]) if lab in (2, 3)]
+    return float(np.nanmean(metrics["dice"][:, cols])) if cols else float(np.nanmean(metrics["dice"]))
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a registration agent; return the last validation summary and run statistics."""
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train_pairs = PairDataset.load(cfg.data, "train", cfg.pairs)
+    val_pairs = PairDataset.load(cfg.data, "val", "template")
+    if train_pairs.spatial_dims != cfg.agent.spatial_dims:
+        raise ValueError(f"{cfg.data}: data are {train_pairs.spatial_dims}D but the agent is {cfg.agent.spatial_dims}D")
+    agent = Agent(cfg.agent).to(device)
+    logger = Logger(out)
+    buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
+    task = RegistrationTask(train_pairs, cfg.loss, device)
+    sac = SAC(agent, task, buffer, cfg.sac, logger)
+    env = RegistrationEnv(cfg.env, train_pairs, cfg.env_batch, device)
+    env.reset(seed=cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf}
+    if resume and (out / "train_state.pt").is_file():
+        ckpt = load_checkpoint(out / "model.pt", device)
+        agent.load_state_dict(ckpt["state_dict"])
+        ts = torch.load(out / "train_state.pt", map_location=device, weights_only=False)
+        sac.load_state_dict(ts["sac"])
+        state.update(ts["state"])
+        generator.set_state(ts["generator"])
+        env._rng = np.random.default_rng(ts["env_seed"])
+        print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
+    save_json(out / "config.json", cfg.to_dict())
+
+    budget = cfg.minutes * 60
+    start = time.perf_counter() - state["elapsed"]
+    next_eval = (sac.n_updates // cfg.eval_every + 1) * cfg.eval_every
+    summary: dict[str, Any] = {}
+    bar = tqdm(total=int(budget), initial=int(state["elapsed"]), unit="s", disable=not progress, desc="train")
+
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def checkpoint(final: bool = False) -> None:
+        nonlocal summary
+        state["elapsed"] = elapsed()
+        reg = Registrator(agent, cfg.env, device)
+        metrics = evaluate(reg, val_pairs, limit=cfg.val_pairs, batch_size=cfg.env_batch, hd95=False)
+        agent.train()
+        summary = summarize(metrics)
+        summary["dice_gm_wm"] = gm_wm_dice(metrics)
+        for k, v in summary.items():
+            logger.record(f"val/{k}", v)
+        logger.record("time/elapsed_min", state["elapsed"] / 60)
+        logger.record("time/peak_rss_mb", peak_memory_mb())
+        logger.record("train/lr_aux", sac.aux_optimizer.param_groups[0]["lr"])
+        logger.record("buffer/megabytes", buffer.nbytes / 2**20)
+        row = logger.dump(sac.n_updates)
+        extra = {"train_minutes": state["elapsed"] / 60, "updates": sac.n_updates, "val": summary}
+        save_checkpoint(out / "model.pt", model_config(cfg), agent.state_dict(), **extra)
+        if summary["dice_gm_wm"] > state["best"]:
+            state["best"] = summary["dice_gm_wm"]
+            save_checkpoint(out / "best.pt", model_config(cfg), agent.state_dict(), **extra)
+        env_seed = int(env._rng.integers(2**31))
+        env._rng = np.random.default_rng(env_seed)
+        torch.save(
+            {"sac": sac.state_dict(), "state": state, "generator": generator.get_state(), "env_seed": env_seed},
+            out / "train_state.pt.tmp",
+        )
+        Path(out / "train_state.pt.tmp").replace(out / "train_state.pt")
+        bar.set_postfix(val_dice=f"{summary['dice_gm_wm']:.3f}", critic=f"{row.get('train/critic_loss', 0):.3g}")
+
+    agent.train()
+    while elapsed() < budget and (cfg.max_updates is None or sac.n_updates < cfg.max_updates):
+        stats = collect(env, agent, buffer, random_plans=state["rounds"] < cfg.bootstrap_rounds)
+        for k, v in stats.items():
+            logger.record(f"rollout/{k}", v)
+        state["rounds"] += 1
+        if state["rounds"] > cfg.bootstrap_rounds:
+            progress_fraction = min(1.0, elapsed() / budget)
+            sac.set_lr_scale(cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress_fraction)))
+            sac.train(cfg.updates_per_round, cfg.batch_size, generator)
+        bar.update(int(elapsed()) - bar.n)
+        if sac.n_updates >= next_eval:
+            checkpoint()
+            next_eval += cfg.eval_every
+    checkpoint(final=True)
+    bar.close()
+    return {
+        "val": summary,
+        "updates": sac.n_updates,
+        "minutes": state["elapsed"] / 60,
+        "peak_rss_mb": peak_memory_mb(),
+        "parameters": count_parameters(agent.planner) + count_parameters(agent.actor),
+        "buffer_mb": buffer.nbytes / 2**20,
+    }

@@ -1,0 +1,129 @@
+import pytest
+import torch
+
+from rli2it_med.agent import (
+    SAC,
+    Agent,
+    AgentConfig,
+    EpisodeReplayBuffer,
+    ReplayBatch,
+    SACConfig,
+    load_checkpoint,
+    polyak_update,
+    save_checkpoint,
+)
+
+CFG = dict(spatial_dims=2, in_channels=2, action_channels=2, plan_dim=8, channels=(4, 8), critic_channels=(4, 8))
+
+
+class FixedObsTask:
+    """Observations stored directly in the replayed state; auxiliary loss pulls actions to zero."""
+
+    def observations(self, batch: ReplayBatch):
+        return batch.state["obs"], batch.next_state["obs"]
+
+    def auxiliary_loss(self, agent, batch, obs):
+        _, action, _ = agent.act(obs)
+        return {"loss": action.pow(2).mean()}
+
+
+def filled_buffer(steps=4, batch=3, plan_dim=8, size=8):
+    buf = EpisodeReplayBuffer(capacity=10)
+    states = {"obs": torch.rand(steps + 1, batch, 2, size, size), "index": torch.arange(batch).expand(steps + 1, batch)}
+    buf.add(states, torch.randn(steps, batch, plan_dim), torch.rand(steps, batch), torch.zeros(steps, batch))
+    return buf, states
+
+
+def test_agent_shapes_and_working_grid():
+    agent = Agent(AgentConfig(**CFG, working_scale=2))
+    plan, action, logp = agent.act(torch.rand(3, 2, 16, 18))
+    assert plan.shape == (3, 8) and action.shape == (3, 2, 16, 18) and logp.shape == (3,)
+    assert action.abs().max() <= agent.config.action_bound
+    det1 = agent.act(torch.ones(1, 2, 16, 18), deterministic=True)[1]
+    det2 = agent.act(torch.ones(1, 2, 16, 18), deterministic=True)[1]
+    torch.testing.assert_close(det1, det2)
+
+
+def test_bad_state_shape_names_what_it_got():
+    agent = Agent(AgentConfig(**CFG))
+    with pytest.raises(ValueError, match=r"\(1, 3, 8, 8\)"):
+        agent.act(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="spatial_dims"):
+        AgentConfig(spatial_dims=4)
+
+
+def test_buffer_is_compact_and_next_state_follows_state():
+    buf, states = filled_buffer()
+    assert len(buf) == 12
+    assert buf._episodes[0]["states"]["obs"].dtype == torch.float16  # stored in half precision
+    assert buf._episodes[0]["states"]["obs"].shape[0] == 5  # T + 1 states per episode, not 2T
+    batch = buf.sample(64, torch.Generator().manual_seed(0))
+    assert batch.plan.shape == (64, 8) and batch.reward.shape == (64,)
+    assert batch.state["obs"].dtype == torch.float32
+    stored = states["obs"].half().float()
+    for i in range(64):
+        ep = int(batch.state["index"][i])
+        t = next(t for t in range(4) if torch.equal(stored[t, ep], batch.state["obs"][i]))
+        assert torch.equal(stored[t + 1, ep], batch.next_state["obs"][i])
+
+
+def test_polyak_moves_targets_by_tau():
+    agent = Agent(AgentConfig(**CFG))
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in agent.critic_target.parameters()]
+    polyak_update(agent.critic, agent.critic_target, 0.005)
+    for b, p, t in zip(before, agent.critic.parameters(), agent.critic_target.parameters()):
+        torch.testing.assert_close(t, b + 0.005 * (p - b))
+
+
+def test_critic_loss_falls_on_a_fixed_batch():
+    agent = Agent(AgentConfig(**CFG))
+    buf, _ = filled_buffer()
+    sac = SAC(agent, FixedObsTask(), buf, SACConfig(lr_critic=1e-3))
+    batch = buf.sample(12, torch.Generator().manual_seed(1))
+    obs, next_obs = FixedObsTask().observations(batch)
+    losses = []
+    for _ in range(60):
+        loss = sac.critic_loss(obs, next_obs, batch)
+        sac._step(sac.critic_optimizer, loss)
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_planner_receives_gradient_from_q():
+    agent = Agent(AgentConfig(**CFG))
+    buf, _ = filled_buffer()
+    sac = SAC(agent, FixedObsTask(), buf, SACConfig(kl_weight=0.0, init_alpha=1e-8))
+    loss, _ = sac.policy_loss(torch.rand(4, 2, 8, 8))
+    loss.backward()
+    head = agent.planner.head.weight.grad
+    assert head is not None and head[:8].abs().sum() > 0  # the mean rows: reached only through rsample() and Q
+    assert all(p.grad is None for p in agent.critic.parameters())
+
+
+def test_train_runs_all_updates_and_logs():
+    agent = Agent(AgentConfig(**CFG))
+    buf, _ = filled_buffer()
+    sac = SAC(agent, FixedObsTask(), buf)
+    sac.train(gradient_steps=4, batch_size=4, generator=torch.Generator().manual_seed(0))
+    assert sac.n_updates == 4
+    row = sac.logger.dump(4)
+    assert {"train/critic_loss", "train/policy_loss", "train/aux_loss", "train/alpha"} <= set(row)
+
+
+def test_checkpoint_roundtrip_and_bad_file(tmp_path):
+    agent = Agent(AgentConfig(**CFG))
+    save_checkpoint(tmp_path / "m.pt", {"agent": agent.config.to_dict()}, agent.state_dict(), note="x")
+    payload = load_checkpoint(tmp_path / "m.pt")
+    assert payload["versions"]["torch"] == torch.__version__ and payload["note"] == "x"
+    clone = Agent(AgentConfig(**payload["config"]["agent"]))
+    clone.load_state_dict(payload["state_dict"])
+    x = torch.rand(1, 2, 8, 8)
+    torch.testing.assert_close(clone.act(x, True)[1], agent.act(x, True)[1])
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -1,0 +1,30 @@
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def smooth_field(shape, amplitude=1.5, seed=0, dtype=torch.float32):
+    """A smooth random (1, ndim, *shape) displacement field."""
+    g = torch.Generator().manual_seed(seed)
+    nd = len(shape)
+    coarse = torch.randn(1, nd, *([4] * nd), generator=g, dtype=torch.float64) * amplitude
+    mode = ("bilinear", "trilinear")[nd - 2]
+    return torch.nn.functional.interpolate(coarse, size=shape, mode=mode, align_corners=True).to(dtype)
+
+
+def smooth_image(shape, seed=1, dtype=torch.float32):
+    """A smooth analytic (1, 1, *shape) image: a product of slow sinusoids with seeded phases."""
+    g = torch.Generator().manual_seed(seed)
+    axes = torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in shape], indexing="ij")
+    image = torch.ones_like(axes[0])
+    for x in axes:
+        image = image * torch.sin(x / 4.0 + 6.28 * torch.rand(1, generator=g, dtype=torch.float64))
+    return image[None, None].to(dtype)
