@@ -100,7 +100,7 @@ def default_config(spatial_dims: int, **overrides: Any) -> TrainConfig:
             data="data/brain3d",
             out="runs/brain3d",
             env_batch=2,
-            updates_per_round=4,
+            updates_per_round=6,
             batch_size=2,
             buffer_episodes=48,
             eval_every=50,
@@ -108,7 +108,7 @@ def default_config(spatial_dims: int, **overrides: Any) -> TrainConfig:
             sac=SACConfig(lr_aux=5e-4, lr_planner=5e-4),
             agent=agent_config(3, action_bound=2.0),
             env=EnvConfig(max_steps=6, max_step=2.0),
-            loss=LossConfig(kernel_size=9, smooth_weight=1.0, loss_scale=2),
+            loss=LossConfig(kernel_size=9, smooth_weight=0.5, loss_scale=2),
         )
     for k, v in overrides.items():
         if not hasattr(cfg, k):

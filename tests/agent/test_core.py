@@ -99,7 +99,8 @@ def test_planner_receives_gradient_from_q():
     loss, _ = sac.policy_loss(torch.rand(4, 2, 8, 8))
     loss.backward()
     head = agent.planner.head.weight.grad
-    assert head is not None and head[:8].abs().sum() > 0  # the mean rows: reached only through rsample() and Q
+    # the mean rows get their gradient through rsample() and Q; with sample() only alpha * dlogp/dmean (~1e-8) is left
+    assert head is not None and head[:8].abs().sum() > 1e-4
     assert all(p.grad is None for p in agent.critic.parameters())
 
 

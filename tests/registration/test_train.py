@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from data_prep.brain import main as build_data
+from rli2it_med import io
 from rli2it_med.api import Registrator
 from rli2it_med.cli.main import main as cli
 from rli2it_med.registration.data import PairDataset
@@ -10,21 +11,31 @@ from rli2it_med.registration.train import default_config, evaluate, train
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    """The 2D builder's data, pooled to 64x64 so that a test run of training takes a minute."""
     root = tmp_path_factory.mktemp("brain2d")
     build_data(["--dim", "2", "--out", str(root), "--n-train", "48", "--n-val", "4", "--n-test", "8"])
-    return root
+    small = tmp_path_factory.mktemp("brain2d_64")
+    for split in ("train", "val", "test"):
+        arrays, meta = io.load_dataset(root, split)
+        images = arrays["images"]
+        arrays["images"] = images.reshape(len(images), 64, 2, 64, 2).mean((2, 4)).astype(np.float32)
+        arrays["labels"] = arrays["labels"][:, ::2, ::2]
+        io.save_npz_deterministic(small / f"{split}.npz", arrays)
+    io.save_json(small / "meta.json", meta | {"shape": [64, 64], "spacing": [4.0, 4.0]})
+    return small
 
 
 @pytest.mark.slow
 def test_short_2d_training_raises_dice_on_held_out_pairs(data, tmp_path):
     cfg = default_config(2, data=str(data), out=str(tmp_path / "run"), minutes=10, max_updates=240)
-    cfg.eval_every, cfg.val_pairs = 120, 4
+    cfg.eval_every, cfg.val_pairs = 80, 4
+    cfg.sac.lr_aux = cfg.sac.lr_planner = 1e-3
     result = train(cfg, progress=False)
     assert result["updates"] == 240
     reg = Registrator.load(tmp_path / "run" / "best.pt", "cpu")
     metrics = evaluate(reg, PairDataset.load(data, "test"), hd95=False)
     initial, final = np.nanmean(metrics["dice_initial"]), np.nanmean(metrics["dice"])
-    assert final > initial + 0.03, (initial, final)
+    assert final > initial + 0.05, (initial, final)
     assert metrics["folding"].mean() < 1.0
 
     # resume continues from the saved counters; the CLI evaluates the checkpoint
