@@ -39,6 +39,8 @@ def _train(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
+    if args.reward is not None:
+        cfg.env.reward = args.reward
     result = train(cfg, resume=args.resume, progress=not args.quiet)
     print(json.dumps(result, indent=2))
     return 0
@@ -86,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=float, help="wall-clock budget (default: the preset's)")
     t.add_argument("--max-updates", type=int, help="stop after this many gradient steps")
     t.add_argument("--pairs", choices=("template", "subject"), help="training pairs")
+    t.add_argument(
+        "--reward",
+        choices=("auto", "labels", "pseudo"),
+        help="Dice reward on the label maps, or on k-means pseudo-segmentations (the paper's unsupervised mode)",
+    )
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
