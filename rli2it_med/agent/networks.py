@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
 
-__all__ = ["AgentConfig", "PlannerOutput", "Planner", "Actor", "QNetwork", "TwinCritic", "Agent"]
+__all__ = ["AgentConfig", "PlannerOutput", "Planner", "Actor", "QNetwork", "TwinCritic", "Agent", "count_parameters"]
 
 
 @dataclass
@@ -220,5 +220,3 @@ class Agent(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
-
-__all__.append("count_parameters")

@@ -249,7 +249,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     def elapsed() -> float:
         return time.perf_counter() - start
 
-    def checkpoint(final: bool = False) -> None:
+    def checkpoint() -> None:
         nonlocal summary
         state["elapsed"] = elapsed()
         reg = Registrator(agent, cfg.env, device)
@@ -292,7 +292,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if sac.n_updates >= next_eval:
             checkpoint()
             next_eval += cfg.eval_every
-    checkpoint(final=True)
+    checkpoint()
     bar.close()
     return {
         "val": summary,
