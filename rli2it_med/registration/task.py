@@ -53,9 +53,13 @@ class RegistrationTask:
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)
         self.device = torch.device(device)
+        self._cached: tuple[ReplayBatch, Pair] | None = None
 
     def _pair(self, batch: ReplayBatch) -> Pair:
-        return self.pairs.get(batch.state["index"].cpu()).to(self.device)
+        """The batch's image pairs, fetched once per batch (``observations`` and ``auxiliary_loss`` both need them)."""
+        if self._cached is None or self._cached[0] is not batch:
+            self._cached = (batch, self.pairs.get(batch.state["index"].cpu()).to(self.device))
+        return self._cached[1]
 
     def observations(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
         pair = self._pair(batch)
