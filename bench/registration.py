@@ -83,13 +83,15 @@ def sitk_demons(pair: Pair, iterations: int, sigma: float) -> torch.Tensor:
 
 # --- MONAI VoxelMorph, trained here ----------------------------------------------------------------------------------
 def train_voxelmorph(train: PairDataset, minutes: float, batch_size: int, seed: int = 0):
-    from monai.losses import DiffusionLoss, LocalNormalizedCrossCorrelationLoss
+    from monai.losses import DiffusionLoss
     from monai.networks.nets import VoxelMorph
+
+    from rli2it_med.registration.losses import LocalNCC  # MONAI's LNCC, faster on CPU: the same loss as rli2it's
 
     torch.manual_seed(seed)
     nd = train.spatial_dims
     net = VoxelMorph(spatial_dims=nd)
-    ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=nd, kernel_size=9)
+    ncc = LocalNCC(nd, kernel_size=9)
     smooth = DiffusionLoss()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     rng = np.random.default_rng(seed)

@@ -1,7 +1,9 @@
-"""Seconds per training update, per rollout step, and of MONAI's LNCC, for the 2D and 3D presets.
+"""Seconds per training update, per rollout step, and of local NCC (MONAI's and ours), for the 2D and 3D presets.
 
-The numbers behind the design notes in docs/benchmarks.md (why the 3D loss runs on a coarser grid, what an update
-costs). Weights are untrained: cost does not depend on them.
+The numbers behind the design notes in docs/benchmarks.md (what an update costs; why rli2it computes MONAI's LNCC
+from cumulative sums). LNCC is timed forward + backward on a training batch on the image grid (where the auxiliary
+loss is computed).
+Weights are untrained: cost does not depend on them.
 
     python bench/update_cost.py            # needs data/brain2d and data/brain3d from data_prep/brain.py
 """
@@ -22,6 +24,7 @@ from monai.losses import LocalNormalizedCrossCorrelationLoss  # noqa: E402
 from rli2it_med.agent import SAC, Agent, EpisodeReplayBuffer  # noqa: E402
 from rli2it_med.registration.data import PairDataset  # noqa: E402
 from rli2it_med.registration.env import RegistrationEnv  # noqa: E402
+from rli2it_med.registration.losses import LocalNCC  # noqa: E402
 from rli2it_med.registration.task import RegistrationTask  # noqa: E402
 from rli2it_med.registration.train import collect, default_config  # noqa: E402
 
@@ -38,32 +41,44 @@ def timed(fn, repeat: int = 3) -> float:
 
 def measure(dim: int) -> dict[str, float]:
     cfg = default_config(dim)
-    pairs = PairDataset.load(ROOT / cfg.data, "train")
+    task = RegistrationTask(PairDataset.load(ROOT / cfg.data, "train"), cfg.loss, grid_scale=cfg.grid_scale)
+    pairs = task.pairs
     torch.manual_seed(0)
     agent = Agent(cfg.agent)
     buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
-    sac = SAC(agent, RegistrationTask(pairs, cfg.loss), buffer, cfg.sac)
+    sac = SAC(agent, task, buffer, cfg.sac)
     env = RegistrationEnv(cfg.env, pairs, cfg.env_batch)
     env.reset(seed=0)
     rollout = timed(lambda: collect(env, agent, buffer, False), 2) / (cfg.env_batch * cfg.env.max_steps)
     update = timed(lambda: sac.train(1, cfg.batch_size))
-    x = torch.rand(cfg.batch_size, 1, *pairs.spatial_shape, requires_grad=True)
+    x = torch.rand(cfg.batch_size, 1, *task.image_pairs.spatial_shape, requires_grad=True)
     y = torch.rand_like(x)
-    lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=dim, kernel_size=9)
+    monai_lncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=dim, kernel_size=9)
+    ours = LocalNCC(dim, kernel_size=9)
     return {
         "batch": cfg.batch_size,
+        "grid": "x".join(map(str, pairs.spatial_shape)),
+        "image": "x".join(map(str, task.image_pairs.spatial_shape)),
         "update": update,
         "rollout": rollout,
-        "lncc": timed(lambda: lncc(x, y).backward(), 2),
+        "lncc_monai": timed(lambda: monai_lncc(x, y).backward(), 2),
+        "lncc_ours": timed(lambda: ours(x, y).backward(), 2),
     }
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    print("preset | batch | s/update | s/rollout step | LNCC fwd+bwd on the full grid (s)")
+    print(
+        "| preset | state grid | image grid | batch | s/update | s/rollout step "
+        "| LNCC fwd+bwd, MONAI (s) | LNCC fwd+bwd, ours (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for dim in (2, 3):
         r = measure(dim)
-        print(f"{dim}D     | {r['batch']:>5} | {r['update']:>8.3f} | {r['rollout']:>14.3f} | {r['lncc']:>8.2f}")
+        print(
+            f"| {dim}D | {r['grid']} | {r['image']} | {r['batch']} | {r['update']:.3f} | {r['rollout']:.3f} "
+            f"| {r['lncc_monai']:.3f} | {r['lncc_ours']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from rli2it_med.agent.checkpoint import load_checkpoint
 from rli2it_med.agent.networks import Agent, AgentConfig
 from rli2it_med.registration.data import Pair
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
+from rli2it_med.registration.grid import downsample_image, upsample_field
+from rli2it_med.registration.rewards import mean_dice
+from rli2it_med.registration.warp import warp
 
 __all__ = ["RegistrationResult", "Registrator", "load_model", "resolve_device"]
 
@@ -98,12 +101,23 @@ class Registrator:
         agent: the planner/actor (the critic is not used at inference).
         env_config: episode length (default steps) and step bound.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``...
+        grid_scale: the agent registers the images block-averaged by this factor; the field is upsampled back and
+            the original moving image (and labels) are warped once with it.
     """
 
-    def __init__(self, agent: Agent, env_config: EnvConfig, device: str | torch.device | None = "auto") -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        env_config: EnvConfig,
+        device: str | torch.device | None = "auto",
+        grid_scale: int = 1,
+    ) -> None:
+        if int(grid_scale) != grid_scale or grid_scale < 1:
+            raise ValueError(f"grid_scale must be a positive integer, got {grid_scale}")
         self.device = resolve_device(device)
         self.agent = agent.to(self.device).eval()
         self.env_config = env_config
+        self.grid_scale = int(grid_scale)
         self.metadata: dict[str, Any] = {}
 
     @classmethod
@@ -115,9 +129,10 @@ class Registrator:
             agent = Agent(AgentConfig(**cfg["agent"]))
             agent.load_state_dict(payload["state_dict"])
             env_config = EnvConfig(**cfg["env"])
+            grid_scale = int(cfg.get("grid_scale", 1))
         except (KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"{path}: checkpoint does not describe a registration agent ({e})") from e
-        reg = cls(agent, env_config, device)
+        reg = cls(agent, env_config, device, grid_scale)
         reg.metadata = {k: v for k, v in payload.items() if k not in ("state_dict",)}
         return reg
 
@@ -153,35 +168,44 @@ class Registrator:
             None if fixed_seg is None else to_batch(fixed_seg).long(),
             None if moving_seg is None else to_batch(moving_seg).long(),
         )
+        pair = RegistrationEnv.check_pair(pair).to(self.device)
         with_labels = pair.fixed_seg is not None and pair.moving_seg is not None
         steps = self.env_config.max_steps if steps is None else int(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
-        env_cfg = EnvConfig(
-            max_steps=max(steps, 1),
-            max_step=self.env_config.max_step,
-            reward="labels" if with_labels else "none",
-        )
+        env_cfg = EnvConfig(max_steps=max(steps, 1), max_step=self.env_config.max_step, reward="none")
         env = RegistrationEnv(env_cfg, device=self.device)
+        scale, shape = self.grid_scale, tuple(pair.fixed.shape[2:])
+
         start = time.perf_counter()
-        obs, info = env.reset(options={"pair": pair})
-        dice = [info["dice"]] if with_labels else []
-        step_fields = []
+        coarse = Pair(downsample_image(pair.fixed, scale), downsample_image(pair.moving, scale), None, None)
+        obs, info = env.reset(options={"pair": coarse})
+        fields = [info["field"]]
         for _ in range(steps):
             _, action, _ = self.agent.act(obs, deterministic=True)
             obs, _, _, _, info = env.step(action)
-            if with_labels:
-                dice.append(info["dice"])
-            if keep_steps:
-                step_fields.append(layout.back(info["field"], channel_first_field=True))
+            fields.append(info["field"])
+        field = upsample_field(info["field"], scale, shape)
+        warped = info["warped"] if scale == 1 else warp(pair.moving, field)
+        warped_seg = None if pair.moving_seg is None else warp(pair.moving_seg, field, mode="nearest")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        warped_seg = info["warped_seg"] if pair.moving_seg is not None else None
+
+        # scoring and per-step outputs happen after the clock stops
+        dice = []
+        if with_labels:
+            values = tuple(int(v) for v in torch.unique(pair.fixed_seg).tolist() if v != 0)
+            for f in fields:
+                moved = warp(pair.moving_seg, upsample_field(f, scale, shape), mode="nearest")
+                dice.append(mean_dice(moved, pair.fixed_seg, values))
+        step_fields = []
+        if keep_steps:
+            step_fields = [layout.back(upsample_field(f, scale, shape), channel_first_field=True) for f in fields[1:]]
         batched = layout.extra == 2
         return RegistrationResult(
-            warped=layout.back(info["warped"]),
-            field=layout.back(info["field"], channel_first_field=True),
+            warped=layout.back(warped),
+            field=layout.back(field, channel_first_field=True),
             warped_seg=None if warped_seg is None else layout.back(warped_seg),
             dice=[(d if batched else d[0]).cpu().numpy() if layout.numpy else d for d in dice],
             step_fields=step_fields,

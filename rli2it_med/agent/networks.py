@@ -5,8 +5,8 @@
   planner's skips into the action, bounded by ``action_bound * tanh``.
 - :class:`TwinCritic`: two Q networks ``Q(s, plan)`` (conv encoder of the state, concatenated with the plan).
 
-The networks work on a coarse working grid (the state average-pooled by ``working_scale``) and the action is
-upsampled back to the full grid: this is what makes 3D training affordable on a CPU.
+The action has the state's grid; tasks that work on a coarser grid than their images (3D registration) pool the
+images before and upsample the result after (see :mod:`rli2it_med.registration.grid`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ class AgentConfig:
         channels: encoder widths; the first level keeps the working resolution, each next one halves it.
         critic_channels: widths of each critic's strided conv encoder.
         critic_hidden: width of the critic's head.
-        working_scale: the state is average-pooled by this factor before the networks; the action is upsampled back.
-        action_bound: the action is ``action_bound * tanh(.)`` (voxels of the full grid for a field).
+        action_level: the actor decodes up to this encoder level and its output is upsampled (bi/trilinear) to the
+            state grid; 1 gives a smooth action at half resolution for a fraction of the cost (3D).
+        action_bound: the action is ``action_bound * tanh(.)`` (voxels, for a field).
         logvar_min: lower bound of the plan's log-variance.
         logvar_max: upper bound of the plan's log-variance.
     """
@@ -48,7 +49,7 @@ class AgentConfig:
     channels: tuple[int, ...] = (16, 32, 32, 32)
     critic_channels: tuple[int, ...] = (16, 32, 32, 64)
     critic_hidden: int = 256
-    working_scale: int = 1
+    action_level: int = 0
     action_bound: float = 2.0
     logvar_min: float = -10.0
     logvar_max: float = 2.0
@@ -60,8 +61,8 @@ class AgentConfig:
         self.critic_channels = tuple(self.critic_channels)
         if not self.channels or not self.critic_channels:
             raise ValueError("channels and critic_channels must not be empty")
-        if self.working_scale < 1:
-            raise ValueError(f"working_scale must be >= 1, got {self.working_scale}")
+        if not 0 <= self.action_level < len(self.channels):
+            raise ValueError(f"action_level must lie in [0, {len(self.channels) - 1}], got {self.action_level}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +116,7 @@ class Planner(nn.Module):
 
 
 class Actor(nn.Module):
-    """Plan (B, plan_dim) + skips -> action (B, action_channels, *S_work) bounded by ``action_bound``."""
+    """Plan (B, plan_dim) + skips -> action (B, action_channels, *S) bounded by ``action_bound``."""
 
     def __init__(self, config: AgentConfig) -> None:
         super().__init__()
@@ -123,9 +124,10 @@ class Actor(nn.Module):
         nd, ch = config.spatial_dims, config.channels
         self.plan_in = nn.Linear(config.plan_dim, ch[-1])
         self.bottom = _conv(nd, 2 * ch[-1], ch[-1])
-        self.ups = nn.ModuleList(_conv(nd, ch[i + 1] + ch[i], ch[i]) for i in reversed(range(len(ch) - 1)))
+        top = config.action_level
+        self.ups = nn.ModuleList(_conv(nd, ch[i + 1] + ch[i], ch[i]) for i in reversed(range(top, len(ch) - 1)))
         conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
-        self.out = conv(ch[0], config.action_channels, 3, padding=1)
+        self.out = conv(ch[top], config.action_channels, 3, padding=1)
         nn.init.normal_(self.out.weight, std=1e-5)
         nn.init.zeros_(self.out.bias)
 
@@ -135,10 +137,14 @@ class Actor(nn.Module):
         deepest = skips[-1]
         p = self.plan_in(plan).view(*plan.shape[:1], -1, *([1] * self.config.spatial_dims))
         x = self.bottom(torch.cat([deepest, p.expand_as(deepest)], dim=1))
-        for up, skip in zip(self.ups, reversed(skips[:-1])):
+        for up, skip in zip(self.ups, reversed(skips[self.config.action_level : -1])):
             x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
             x = up(torch.cat([x, skip], dim=1))
-        return self.config.action_bound * torch.tanh(self.out(x))
+        action = self.config.action_bound * torch.tanh(self.out(x))
+        if self.config.action_level:
+            mode = ("bilinear", "trilinear")[self.config.spatial_dims - 2]
+            action = F.interpolate(action, size=skips[0].shape[2:], mode=mode, align_corners=False)
+        return action
 
 
 class QNetwork(nn.Module):
@@ -177,7 +183,7 @@ class TwinCritic(nn.Module):
 
 
 class Agent(nn.Module):
-    """Planner + actor + twin critic (+ its Polyak target), working on a grid ``working_scale`` times coarser."""
+    """Planner + actor + twin critic (+ its Polyak target)."""
 
     def __init__(self, config: AgentConfig) -> None:
         super().__init__()
@@ -188,33 +194,17 @@ class Agent(nn.Module):
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_target.requires_grad_(False)
 
-    def to_working_grid(self, state: torch.Tensor) -> torch.Tensor:
-        """Average-pool a full-grid state onto the working grid."""
-        s = self.config.working_scale
-        if s == 1:
-            return state
-        pool = (F.avg_pool2d, F.avg_pool3d)[self.config.spatial_dims - 2]
-        return pool(state, kernel_size=s, stride=s, ceil_mode=True)
-
-    def decode(self, plan: torch.Tensor, skips: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
-        """Actor output upsampled to the full grid ``size`` (values stay in full-grid units)."""
-        action = self.actor(plan, skips)
-        if tuple(action.shape[2:]) != tuple(size):
-            mode = ("bilinear", "trilinear")[self.config.spatial_dims - 2]
-            action = F.interpolate(action, size=size, mode=mode, align_corners=True)
-        return action
-
     def act(self, state: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Plan and action for a full-grid state (B, C, *S).
+        """Plan and action for a state (B, C, *S).
 
         Returns:
             ``(plan (B, plan_dim), action (B, action_channels, *S), log_prob (B,))``; the plan is the mean when
             ``deterministic`` (reproducible inference), a reparameterised sample otherwise.
         """
-        out = self.planner(self.to_working_grid(state))
+        out = self.planner(state)
         dist = out.distribution()
         plan = out.mean if deterministic else dist.rsample()
-        return plan, self.decode(plan, out.skips, tuple(state.shape[2:])), dist.log_prob(plan)
+        return plan, self.actor(plan, out.skips), dist.log_prob(plan)
 
 
 def count_parameters(module: nn.Module) -> int:

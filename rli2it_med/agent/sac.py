@@ -110,26 +110,26 @@ class SAC:
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
 
-    def critic_loss(self, obs_w: torch.Tensor, next_obs_w: torch.Tensor, batch: ReplayBatch) -> torch.Tensor:
-        """MSE of both Q heads to the soft Bellman target (inputs on the working grid)."""
+    def critic_loss(self, obs: torch.Tensor, next_obs: torch.Tensor, batch: ReplayBatch) -> torch.Tensor:
+        """MSE of both Q heads to the soft Bellman target."""
         agent, cfg = self.agent, self.config
         with torch.no_grad():
-            dist = agent.planner(next_obs_w).distribution()
+            dist = agent.planner(next_obs).distribution()
             next_plan = dist.sample()
-            next_q = torch.min(*agent.critic_target(next_obs_w, next_plan)) - self.alpha * dist.log_prob(next_plan)
+            next_q = torch.min(*agent.critic_target(next_obs, next_plan)) - self.alpha * dist.log_prob(next_plan)
             target = batch.reward + cfg.gamma * (1.0 - batch.done) * next_q
-        q1, q2 = agent.critic(obs_w, batch.plan)
+        q1, q2 = agent.critic(obs, batch.plan)
         return nn.functional.mse_loss(q1, target) + nn.functional.mse_loss(q2, target)
 
-    def policy_loss(self, obs_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def policy_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Planner loss (gradient through ``rsample()`` and Q) and the log-probabilities, for the temperature."""
         agent = self.agent
-        dist = agent.planner(obs_w).distribution()
+        dist = agent.planner(obs).distribution()
         plan = dist.rsample()
         log_prob = dist.log_prob(plan)
         agent.critic.requires_grad_(False)
         try:
-            q = torch.min(*agent.critic(obs_w, plan))
+            q = torch.min(*agent.critic(obs, plan))
         finally:
             agent.critic.requires_grad_(True)
         loss = (self.alpha * log_prob - q).mean() + self.config.kl_weight * _kl_to_standard_normal(dist).mean()
@@ -149,14 +149,13 @@ class SAC:
         for _ in range(gradient_steps):
             batch = self.buffer.sample(batch_size, generator=generator, device=device)
             obs, next_obs = self.task.observations(batch)
-            obs_w, next_obs_w = agent.to_working_grid(obs), agent.to_working_grid(next_obs)
 
-            critic_loss = self.critic_loss(obs_w, next_obs_w, batch)
+            critic_loss = self.critic_loss(obs, next_obs, batch)
             self._step(self.critic_optimizer, critic_loss)
             self.logger.record("train/critic_loss", critic_loss.item())
 
             if self.n_updates % cfg.policy_delay == 0:
-                policy_loss, log_prob = self.policy_loss(obs_w)
+                policy_loss, log_prob = self.policy_loss(obs)
                 self._step(self.planner_optimizer, policy_loss)
                 alpha_loss = -(self.log_alpha * (log_prob + self.target_entropy)).mean()
                 self._step(self.alpha_optimizer, alpha_loss)

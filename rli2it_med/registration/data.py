@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from rli2it_med import io
+from rli2it_med.registration.grid import downsample_image, downsample_labels
 
 __all__ = ["Pair", "PairDataset", "PAIR_KINDS"]
 
@@ -81,6 +82,21 @@ class PairDataset:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def coarsen(self, scale: int) -> PairDataset:
+        """The same pairs on a grid ``scale`` times coarser: images block-averaged, labels by block majority."""
+        if scale == 1:
+            return self
+        images = downsample_image(self.images, scale)
+        labels = None if self.labels is None else downsample_labels(self.labels, scale)
+        spacing = None if self.spacing is None else [s * scale for s in self.spacing]
+        return PairDataset(
+            images[:, 0].numpy(),
+            None if labels is None else labels[:, 0].numpy(),
+            self.pairs.numpy(),
+            self.label_values,
+            spacing,
+        )
 
     def get(self, indices: Sequence[int] | torch.Tensor) -> Pair:
         """Return the pairs at ``indices`` as one batch."""

@@ -104,7 +104,7 @@ class RegistrationEnv:
                 indices = self._rng.integers(0, len(self.pairs), size=self.batch_size)
             indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
             pair = self.pairs.get(indices)
-        pair = self._check_pair(pair).to(self.device)
+        pair = self.check_pair(pair).to(self.device)
 
         mode = self.config.reward
         has_labels = pair.fixed_seg is not None and pair.moving_seg is not None
@@ -194,7 +194,8 @@ class RegistrationEnv:
         return tuple(int(v) for v in torch.unique(seg).tolist() if v != 0)
 
     @staticmethod
-    def _check_pair(pair: Pair) -> Pair:
+    def check_pair(pair: Pair) -> Pair:
+        """Validate shapes (naming what they are) and cast images to float, labels to int64."""
         fixed, moving = pair.fixed, pair.moving
         if fixed.ndim not in (4, 5) or fixed.shape[1] != 1:
             raise ValueError(f"fixed image must have shape (B, 1, H, W[, D]), got {tuple(fixed.shape)}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from rli2it_med.agent.buffer import ReplayBatch
 from rli2it_med.agent.networks import Agent, AgentConfig
 from rli2it_med.registration.data import Pair, PairDataset
+from rli2it_med.registration.grid import upsample_field
 from rli2it_med.registration.losses import RegistrationLoss
 from rli2it_med.registration.warp import compose, warp
 
@@ -18,13 +18,21 @@ __all__ = ["LossConfig", "RegistrationTask", "agent_config"]
 
 @dataclass
 class LossConfig:
-    """Auxiliary loss: ``-LNCC(window) + smooth_weight * smoothness(Phi_{t+1}) + kl_weight * KL(pi || N(0, I))``."""
+    """Auxiliary loss: ``-LNCC(window) + smooth_weight * smoothness(Phi_{t+1}) + kl_weight * KL(pi || N(0, I))``.
+
+    LNCC is computed on the image grid (or a random block of it, ``crop``), smoothness on the state grid's field
+    (in its voxels).
+    """
 
     kernel_size: int = 9
     smooth_weight: float = 1.0
     smoothness: str = "diffusion"
     kl_weight: float = 0.0
-    loss_scale: int = 1  # compute the loss on a grid this many times coarser (fields rescaled to its voxels)
+    crop: int = 0  # > 0: LNCC on one random crop^ndim block of the image grid per update (cheaper 3D updates)
+
+    def __post_init__(self) -> None:
+        if self.crop < 0 or 0 < self.crop < self.kernel_size:
+            raise ValueError(f"crop must be 0 (whole image) or >= kernel_size {self.kernel_size}, got {self.crop}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,60 +41,77 @@ class LossConfig:
 def agent_config(spatial_dims: int, **overrides) -> AgentConfig:
     """Registration agent: state ``concat(F, M_t)`` (2 channels), action a ``spatial_dims``-channel field.
 
-    3D works on a grid twice coarser (``working_scale=2``) with the field upsampled back.
+    3D is narrower and its actor stops one level short of the state grid (it runs on a 4 mm grid of 48x56x48 voxels
+    for 2 mm images, see ``TrainConfig.grid_scale``; each step field is decoded at 8 mm and upsampled).
     """
     base = {"spatial_dims": spatial_dims, "in_channels": 2, "action_channels": spatial_dims, "plan_dim": 64}
     if spatial_dims == 3:
-        base |= {"channels": (8, 16, 32, 32), "critic_channels": (8, 16, 32, 32), "working_scale": 2}
+        base |= {"channels": (8, 16, 32, 64), "critic_channels": (8, 16, 32, 32), "action_level": 1}
     return AgentConfig(**(base | overrides))
 
 
 class RegistrationTask:
     """Rebuilds replayed states from ``(pair index, accumulated field)`` and computes the auxiliary loss.
 
-    Replayed state components: ``"index"`` (pair index into ``pairs``) and ``"field"`` (Phi_t, stored in half
+    States live on the grid ``grid_scale`` times coarser than the images (``self.pairs``, which the environment
+    also uses); the auxiliary loss compares the images at their own resolution, the composed field upsampled
+    (at 2 mm a loss on the 4 mm images caps Dice well below SyN: ``bench/loss_grid.py``, docs/benchmarks.md).
+    Replayed state components: ``"index"`` (pair index) and ``"field"`` (Phi_t on the state grid, stored in half
     precision by the buffer).
+
+    Args:
+        pairs: training pairs on the image grid.
+        loss: auxiliary loss options.
+        device: where the batches are computed.
+        grid_scale: coarsening of the state grid.
     """
 
-    def __init__(self, pairs: PairDataset, loss: LossConfig, device: torch.device | str = "cpu") -> None:
-        self.pairs = pairs
+    def __init__(
+        self, pairs: PairDataset, loss: LossConfig, device: torch.device | str = "cpu", grid_scale: int = 1
+    ) -> None:
+        self.image_pairs = pairs
+        self.pairs = pairs.coarsen(grid_scale)
+        self.grid_scale = grid_scale
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)
         self.device = torch.device(device)
-        self._cached: tuple[ReplayBatch, Pair] | None = None
+        self._cached: tuple[ReplayBatch, Pair, Pair] | None = None
 
-    def _pair(self, batch: ReplayBatch) -> Pair:
-        """The batch's image pairs, fetched once per batch (``observations`` and ``auxiliary_loss`` both need them)."""
+    def _pairs(self, batch: ReplayBatch) -> tuple[Pair, Pair]:
+        """The batch's pairs on the state grid and on the image grid, fetched once per batch."""
         if self._cached is None or self._cached[0] is not batch:
-            self._cached = (batch, self.pairs.get(batch.state["index"].cpu()).to(self.device))
-        return self._cached[1]
+            index = batch.state["index"].cpu()
+            states = self.pairs.get(index).to(self.device)
+            images = states if self.grid_scale == 1 else self.image_pairs.get(index).to(self.device)
+            self._cached = (batch, states, images)
+        return self._cached[1], self._cached[2]
 
     def observations(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = self._pair(batch)
+        pair, _ = self._pairs(batch)
         obs = torch.cat([pair.fixed, warp(pair.moving, batch.state["field"])], dim=1)
         next_obs = torch.cat([pair.fixed, warp(pair.moving, batch.next_state["field"])], dim=1)
         return obs, next_obs
 
     def auxiliary_loss(self, agent: Agent, batch: ReplayBatch, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        pair = self._pair(batch)
-        out = agent.planner(agent.to_working_grid(obs))
+        _, images = self._pairs(batch)
+        out = agent.planner(obs)
         dist = out.distribution()
-        plan = dist.rsample()
-        scale = self.loss_config.loss_scale
-        fixed, moving, previous = pair.fixed, pair.moving, batch.state["field"]
-        if scale > 1:  # images pooled, fields pooled and expressed in the coarse grid's voxels
-            fixed, moving, previous = (_pool(x, scale) for x in (fixed, moving, previous))
-            previous = previous / scale
-        action = agent.decode(plan, out.skips, tuple(fixed.shape[2:])) / scale
-        field = compose(previous, action)
-        terms = self.loss(fixed, warp(moving, field), field)
+        field = compose(batch.state["field"], agent.actor(dist.rsample(), out.skips))
+        shape = tuple(images.fixed.shape[2:])
+        image_field = upsample_field(field, self.grid_scale, shape)
+        fixed, origin = images.fixed, None
+        if self.loss_config.crop:
+            origin, block = self._crop(shape)
+            image_field, fixed = image_field[block], fixed[block]
+        terms = self.loss(fixed, warp(images.moving, image_field, origin=origin), field)
         if self.loss_config.kl_weight:
             kl = 0.5 * (out.mean.pow(2) + out.logvar.exp() - 1 - out.logvar).sum(1).mean()
             terms["loss"] = terms["loss"] + self.loss_config.kl_weight * kl
             terms["kl"] = kl.detach()
         return terms
 
-
-def _pool(x: torch.Tensor, scale: int) -> torch.Tensor:
-    pool = (F.avg_pool2d, F.avg_pool3d)[x.ndim - 4]
-    return pool(x, kernel_size=scale, stride=scale, ceil_mode=True)
+    def _crop(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+        """A uniformly placed block of side ``crop`` (clipped to the image): its origin and its index."""
+        size = [min(self.loss_config.crop, s) for s in shape]
+        origin = tuple(int(torch.randint(0, s - c + 1, ())) for s, c in zip(shape, size))
+        return origin, (slice(None), slice(None), *(slice(o, o + c) for o, c in zip(origin, size)))

@@ -39,6 +39,8 @@ class TrainConfig:
         data: dataset folder built by ``data_prep/brain.py``.
         out: run folder (``model.pt``, ``best.pt``, ``train_state.pt``, ``progress.csv``).
         pairs: ``"template"`` or ``"subject"`` pairs for training.
+        grid_scale: episodes run on the images block-averaged by this factor (labels by block majority); the
+            auxiliary loss and validation use the field upsampled to the image grid.
         minutes: wall-clock budget of the run (resumed time counts).
         max_updates: stop after this many gradient steps (None: budget only).
         env_batch: episodes collected per round.
@@ -54,6 +56,7 @@ class TrainConfig:
     data: str = "data/brain2d"
     out: str = "runs/brain2d"
     pairs: str = "template"
+    grid_scale: int = 1
     seed: int = 0
     device: str = "auto"
     minutes: float = 10.0
@@ -99,16 +102,17 @@ def default_config(spatial_dims: int, **overrides: Any) -> TrainConfig:
         cfg = TrainConfig(
             data="data/brain3d",
             out="runs/brain3d",
+            grid_scale=2,
             env_batch=2,
             updates_per_round=6,
             batch_size=2,
             buffer_episodes=48,
-            eval_every=50,
+            eval_every=200,
             val_pairs=4,
             sac=SACConfig(lr_aux=5e-4, lr_planner=5e-4),
             agent=agent_config(3, action_bound=2.0),
             env=EnvConfig(max_steps=6, max_step=2.0),
-            loss=LossConfig(kernel_size=9, smooth_weight=0.5, loss_scale=2),
+            loss=LossConfig(kernel_size=9, smooth_weight=0.5),
         )
     for k, v in overrides.items():
         if not hasattr(cfg, k):
@@ -123,7 +127,13 @@ def peak_memory_mb() -> float:
 
 
 def model_config(cfg: TrainConfig) -> dict:
-    return {"agent": cfg.agent.to_dict(), "env": asdict(cfg.env), "loss": cfg.loss.to_dict(), "task": "registration"}
+    return {
+        "agent": cfg.agent.to_dict(),
+        "env": asdict(cfg.env),
+        "loss": cfg.loss.to_dict(),
+        "grid_scale": cfg.grid_scale,
+        "task": "registration",
+    }
 
 
 @torch.no_grad()
@@ -133,9 +143,9 @@ def collect(env: RegistrationEnv, agent: Agent, buffer: EpisodeReplayBuffer, ran
     fields, plans, rewards, dones = [info["field"]], [], [], []
     dice0 = info["dice"].mean().item()
     for _ in range(env.config.max_steps):
-        ws = agent.planner(agent.to_working_grid(obs))
-        plan = torch.randn_like(ws.mean) if random_plans else ws.distribution().sample()
-        action = agent.decode(plan, ws.skips, tuple(obs.shape[2:]))
+        out = agent.planner(obs)
+        plan = torch.randn_like(out.mean) if random_plans else out.distribution().sample()
+        action = agent.actor(plan, out.skips)
         obs, reward, terminated, _, info = env.step(action)
         fields.append(info["field"])
         plans.append(plan)
@@ -223,9 +233,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     agent = Agent(cfg.agent).to(device)
     logger = Logger(out)
     buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
-    task = RegistrationTask(train_pairs, cfg.loss, device)
+    task = RegistrationTask(train_pairs, cfg.loss, device, cfg.grid_scale)
     sac = SAC(agent, task, buffer, cfg.sac, logger)
-    env = RegistrationEnv(cfg.env, train_pairs, cfg.env_batch, device)
+    env = RegistrationEnv(cfg.env, task.pairs, cfg.env_batch, device)
     env.reset(seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf}
@@ -252,7 +262,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     def checkpoint() -> None:
         nonlocal summary
         state["elapsed"] = elapsed()
-        reg = Registrator(agent, cfg.env, device)
+        reg = Registrator(agent, cfg.env, device, cfg.grid_scale)
         metrics = evaluate(reg, val_pairs, limit=cfg.val_pairs, batch_size=cfg.env_batch, hd95=False)
         agent.train()
         summary = summarize(metrics)

@@ -48,7 +48,13 @@ def check_field(image: torch.Tensor, ddf: torch.Tensor) -> int:
     return ndim
 
 
-def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:
+def warp(
+    image: torch.Tensor,
+    ddf: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+    origin: tuple[int, ...] | None = None,
+) -> torch.Tensor:
     """Resample ``image`` at ``x + ddf(x)``.
 
     Args:
@@ -56,17 +62,34 @@ def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding
         ddf: (B, ndim, *S) displacement in voxels.
         mode: ``"bilinear"`` (trilinear in 3D) or ``"nearest"``.
         padding_mode: ``"border"``, ``"zeros"`` or ``"reflection"``.
+        origin: ``ddf`` covers only the block of the image grid that starts at this voxel (its own shape then
+            sets the output's); sampling still reads the whole image.
 
     Returns:
-        (B, C, *S) warped image.
+        (B, C, *S) warped image (S of ``ddf``).
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if padding_mode not in _PADDINGS:
         raise ValueError(f"padding_mode must be one of {_PADDINGS}, got {padding_mode!r}")
-    check_field(image, ddf)
     shape = image.shape[2:]
-    grid = identity_grid(shape, ddf.device, ddf.dtype) + ddf
+    if origin is None:
+        check_field(image, ddf)
+        grid = identity_grid(shape, ddf.device, ddf.dtype) + ddf
+    else:
+        block = tuple(ddf.shape[2:])
+        ndim = image.ndim - 2
+        if (
+            ddf.shape[:2] != (image.shape[0], ndim)
+            or len(origin) != ndim
+            or any(o < 0 or o + b > s for o, b, s in zip(origin, block, shape))
+        ):
+            raise ValueError(
+                f"a (B, ndim, *block) field at origin {tuple(origin)} must fit inside the image of shape "
+                f"{tuple(image.shape)}, got field shape {tuple(ddf.shape)}"
+            )
+        offset = torch.tensor(origin, device=ddf.device, dtype=ddf.dtype).view(ndim, *([1] * ndim))
+        grid = identity_grid(block, ddf.device, ddf.dtype) + offset + ddf
     scale = torch.tensor([2.0 / (s - 1) for s in shape], device=ddf.device, dtype=ddf.dtype)
     grid = grid.movedim(1, -1) * scale - 1.0  # (B, *S, ndim) in [-1, 1]
     grid = grid.flip(-1)  # grid_sample wants (x, y[, z]) = reversed axis order

@@ -34,8 +34,8 @@ def filled_buffer(steps=4, batch=3, plan_dim=8, size=8):
     return buf, states
 
 
-def test_agent_shapes_and_working_grid():
-    agent = Agent(AgentConfig(**CFG, working_scale=2))
+def test_agent_shapes_and_bound():
+    agent = Agent(AgentConfig(**CFG))
     plan, action, logp = agent.act(torch.rand(3, 2, 16, 18))
     assert plan.shape == (3, 8) and action.shape == (3, 2, 16, 18) and logp.shape == (3,)
     assert action.abs().max() <= agent.config.action_bound

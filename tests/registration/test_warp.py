@@ -75,3 +75,13 @@ def test_shape_and_option_errors_name_what_they_got():
         warp(image, torch.zeros(1, 2, 8, 8), mode="bicubic")
     with pytest.raises(ValueError, match="same shape"):
         compose(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 9))
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (10, 12, 14)])
+def test_warp_of_a_block_equals_the_block_of_the_warp(shape):
+    image, ddf = smooth_image(shape), smooth_field(shape, amplitude=2.0)
+    origin = tuple(s // 4 for s in shape)
+    block = (slice(None), slice(None), *(slice(o, o + s // 2) for o, s in zip(origin, shape)))
+    torch.testing.assert_close(warp(image, ddf[block], origin=origin), warp(image, ddf)[block])
+    with pytest.raises(ValueError, match="must fit inside"):
+        warp(image, ddf[block], origin=tuple(s - 1 for s in shape))

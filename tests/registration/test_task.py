@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from rli2it_med.agent import Agent, EpisodeReplayBuffer
+from rli2it_med.api import Registrator
+from rli2it_med.registration.env import EnvConfig
+from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config
+from tests.registration.test_env import toy_pairs
+
+
+def replay_batch(task, steps=2, batch=2):
+    buf = EpisodeReplayBuffer(capacity=4)
+    shape = task.pairs.spatial_shape
+    index = torch.arange(batch).expand(steps + 1, batch)
+    fields = 0.3 * torch.randn(steps + 1, batch, len(shape), *shape)
+    buf.add(
+        {"index": index, "field": fields},
+        torch.randn(steps, batch, 8),
+        torch.zeros(steps, batch),
+        torch.zeros(steps, batch),
+    )
+    return buf.sample(batch, torch.Generator().manual_seed(0))
+
+
+def test_coarse_states_and_image_grid_loss():
+    task = RegistrationTask(toy_pairs(size=32), LossConfig(kernel_size=5), grid_scale=2)
+    assert task.pairs.spatial_shape == (16, 16) and task.image_pairs.spatial_shape == (32, 32)
+    agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
+    batch = replay_batch(task)
+    obs, next_obs = task.observations(batch)
+    assert obs.shape == next_obs.shape == (2, 2, 16, 16)
+    terms = task.auxiliary_loss(agent, batch, obs)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and agent.actor.out.weight.grad.abs().sum() > 0
+
+
+def test_a_crop_as_large_as_the_image_is_the_whole_loss():
+    pairs = toy_pairs(size=16)
+    agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
+    whole = RegistrationTask(pairs, LossConfig(kernel_size=5))
+    cropped = RegistrationTask(pairs, LossConfig(kernel_size=5, crop=16))
+    batch = replay_batch(whole)
+    obs, _ = whole.observations(batch)
+    torch.manual_seed(0)
+    a = whole.auxiliary_loss(agent, batch, obs)["loss"]
+    torch.manual_seed(0)
+    b = cropped.auxiliary_loss(agent, batch, obs)["loss"]
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="crop"):
+        LossConfig(kernel_size=9, crop=4)
+
+
+def test_registrator_on_a_coarse_grid_returns_image_grid_outputs():
+    pair = toy_pairs(size=32).get([0])
+    agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
+    reg = Registrator(agent, EnvConfig(max_steps=3), "cpu", grid_scale=2)
+    res = reg.register(
+        pair.fixed[0, 0].numpy(),
+        pair.moving[0, 0].numpy(),
+        fixed_seg=pair.fixed_seg[0, 0].numpy(),
+        moving_seg=pair.moving_seg[0, 0].numpy(),
+        keep_steps=True,
+    )
+    assert res.warped.shape == (32, 32) and res.field.shape == (2, 32, 32) and res.warped_seg.shape == (32, 32)
+    assert len(res.dice) == 4 and len(res.step_fields) == 3 and res.step_fields[-1].shape == (2, 32, 32)
