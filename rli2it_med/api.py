@@ -25,6 +25,7 @@ from rli2it_med.registration.data import Pair
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
 from rli2it_med.registration.grid import downsample_image, upsample_field
 from rli2it_med.registration.rewards import mean_dice
+from rli2it_med.registration.task import upgrade_config
 from rli2it_med.registration.warp import warp
 
 __all__ = ["RegistrationResult", "Registrator", "load_model", "resolve_device"]
@@ -124,14 +125,14 @@ class Registrator:
     def load(cls, path: str | Path, device: str | torch.device | None = "auto") -> Registrator:
         """Load a checkpoint written by training (``model.pt``) in one call."""
         payload = load_checkpoint(path)
-        cfg = payload["config"]
         try:
+            cfg = upgrade_config(payload["config"])
             agent = Agent(AgentConfig(**cfg["agent"]))
             agent.load_state_dict(payload["state_dict"])
             env_config = EnvConfig(**cfg["env"])
             grid_scale = int(cfg.get("grid_scale", 1))
-        except (KeyError, TypeError, RuntimeError) as e:
-            raise ValueError(f"{path}: checkpoint does not describe a registration agent ({e})") from e
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
         reg = cls(agent, env_config, device, grid_scale)
         reg.metadata = {k: v for k, v in payload.items() if k not in ("state_dict",)}
         return reg

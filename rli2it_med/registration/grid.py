@@ -2,7 +2,8 @@
 
 A coarse voxel averages a ``scale``-wide block of fine voxels, so coarse voxel ``i`` is centred on fine coordinate
 ``scale * i + (scale - 1) / 2``. Displacements (in voxels) are divided by ``scale`` going down and multiplied by it
-going up; the upsampled field is interpolated with ``align_corners=False``, which is exactly that mapping.
+going up; the upsampled field is interpolated with ``align_corners=False``, which is exactly that mapping. (A size
+that is not a multiple of ``scale`` leaves a partial last block whose true centre differs by up to half a voxel.)
 """
 
 from __future__ import annotations

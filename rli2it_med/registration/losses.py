@@ -53,10 +53,11 @@ class LocalNCC(nn.Module):
                 f"got {tuple(pred.shape)} and {tuple(target.shape)}"
             )
         k = self.kernel_size
+        dtype = torch.float32 if pred.device.type == "mps" else torch.float64  # MPS has no float64
         # one image and one term at a time: float64 temporaries of a whole 3D batch exceed the C allocator's mmap
         # threshold, and page faults on every allocation made that 4x slower (measured at 96x112x96, batch 2)
         t_sum, p_sum, t2_sum, p2_sum, tp_sum = (
-            torch.cat([box_sum(x[i : i + 1].double(), k) for i in range(x.shape[0])])
+            torch.cat([box_sum(x[i : i + 1].to(dtype), k) for i in range(x.shape[0])])
             for x in (target, pred, target * target, pred * pred, target * pred)
         )
         volume = float(k**self.spatial_dims)

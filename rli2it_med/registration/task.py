@@ -13,7 +13,7 @@ from rli2it_med.registration.grid import upsample_field
 from rli2it_med.registration.losses import RegistrationLoss
 from rli2it_med.registration.warp import compose, warp
 
-__all__ = ["LossConfig", "RegistrationTask", "agent_config"]
+__all__ = ["LossConfig", "RegistrationTask", "agent_config", "upgrade_config"]
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LossConfig:
     smooth_weight: float = 1.0
     smoothness: str = "diffusion"
     kl_weight: float = 0.0
-    crop: int = 0  # > 0: LNCC on one random crop^ndim block of the image grid per update (cheaper 3D updates)
+    crop: int = 0  # > 0: LNCC on one random crop^ndim block per update (cheaper; windows zero-padded at its edges)
 
     def __post_init__(self) -> None:
         if self.crop < 0 or 0 < self.crop < self.kernel_size:
@@ -36,6 +36,23 @@ class LossConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def upgrade_config(config: dict) -> dict:
+    """Read a model or training configuration written before the grid refactor (2026-11-24).
+
+    ``agent.working_scale`` and ``loss.loss_scale`` of 1 meant what the current defaults mean and are dropped;
+    larger values describe the earlier 3D pipeline, whose weights do not fit the current networks.
+    """
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    for part, key in (("agent", "working_scale"), ("loss", "loss_scale")):
+        value = config.get(part, {}).pop(key, 1)
+        if value != 1:
+            raise ValueError(
+                f"{part}.{key}={value}: trained by the earlier 3D pipeline (before 2026-11-24), which the current "
+                "networks cannot load; retrain with `rli2it train`"
+            )
+    return config
 
 
 def agent_config(spatial_dims: int, **overrides) -> AgentConfig:

@@ -26,7 +26,7 @@ from rli2it_med.io import save_json
 from rli2it_med.registration.data import PairDataset
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label
-from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config
+from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config, upgrade_config
 
 __all__ = ["TrainConfig", "default_config", "train", "evaluate", "peak_memory_mb"]
 
@@ -79,7 +79,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
+        d = upgrade_config(d)
         parts = {"agent": AgentConfig, "env": EnvConfig, "sac": SACConfig, "loss": LossConfig}
         return cls(**{k: (parts[k](**v) if k in parts else v) for k, v in d.items()})
 

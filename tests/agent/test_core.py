@@ -44,6 +44,14 @@ def test_agent_shapes_and_bound():
     torch.testing.assert_close(det1, det2)
 
 
+def test_action_level_decodes_coarser_and_upsamples():
+    agent = Agent(AgentConfig(**CFG | {"channels": (8, 8, 8)}, action_level=1))
+    _, action, _ = agent.act(torch.rand(2, 2, 17, 20))
+    assert action.shape == (2, 2, 17, 20) and action.abs().max() <= agent.config.action_bound
+    with pytest.raises(ValueError, match="action_level"):
+        AgentConfig(**CFG | {"channels": (8, 8)}, action_level=2)
+
+
 def test_bad_state_shape_names_what_it_got():
     agent = Agent(AgentConfig(**CFG))
     with pytest.raises(ValueError, match=r"\(1, 3, 8, 8\)"):

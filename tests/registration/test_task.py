@@ -4,7 +4,9 @@ import torch
 from rli2it_med.agent import Agent, EpisodeReplayBuffer
 from rli2it_med.api import Registrator
 from rli2it_med.registration.env import EnvConfig
-from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config
+from rli2it_med.registration.losses import RegistrationLoss
+from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config, upgrade_config
+from rli2it_med.registration.warp import compose, warp
 from tests.registration.test_env import toy_pairs
 
 
@@ -63,3 +65,42 @@ def test_registrator_on_a_coarse_grid_returns_image_grid_outputs():
     )
     assert res.warped.shape == (32, 32) and res.field.shape == (2, 32, 32) and res.warped_seg.shape == (32, 32)
     assert len(res.dice) == 4 and len(res.step_fields) == 3 and res.step_fields[-1].shape == (2, 32, 32)
+
+
+def test_a_smaller_crop_scores_the_block_it_drew():
+    pairs = toy_pairs(size=24)
+    agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
+    task = RegistrationTask(pairs, LossConfig(kernel_size=5, crop=10))
+    batch = replay_batch(task)
+    obs, _ = task.observations(batch)
+    torch.manual_seed(3)
+    got = task.auxiliary_loss(agent, batch, obs)["loss"]
+    torch.manual_seed(3)  # redo by hand: the same plan sample, then the same crop draw
+    out = agent.planner(obs)
+    field = compose(batch.state["field"], agent.actor(out.distribution().rsample(), out.skips))
+    origin = tuple(int(torch.randint(0, 24 - 10 + 1, ())) for _ in range(2))
+    block = (slice(None), slice(None), *(slice(o, o + 10) for o in origin))
+    pair = pairs.get(batch.state["index"])
+    warped = warp(pair.moving, field)[block]
+    expected = RegistrationLoss(2, 5, 1.0)(pair.fixed[block], warped, field)["loss"]
+    torch.testing.assert_close(got, expected)
+
+
+def test_old_configs_are_read_or_refused_clearly():
+    old = {"agent": {"spatial_dims": 2, "working_scale": 1}, "loss": {"kernel_size": 9, "loss_scale": 1}}
+    assert upgrade_config(old) == {"agent": {"spatial_dims": 2}, "loss": {"kernel_size": 9}}
+    assert old["agent"]["working_scale"] == 1  # the input is not modified
+    with pytest.raises(ValueError, match="retrain"):
+        upgrade_config({"agent": {"working_scale": 2}})
+
+
+def test_registrator_odd_sizes_and_consistent_outputs():
+    pair = toy_pairs(size=31).get([0])
+    agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8, 8), critic_channels=(8, 8), action_level=1))
+    with torch.no_grad():
+        agent.actor.out.weight.normal_(std=0.1)  # a visible action
+    reg = Registrator(agent, EnvConfig(max_steps=2), "cpu", grid_scale=2)
+    res = reg.register(pair.fixed, pair.moving, fixed_seg=pair.fixed_seg, moving_seg=pair.moving_seg)
+    assert res.field.shape == (1, 2, 31, 31) and res.field.abs().max() > 0.05
+    torch.testing.assert_close(res.warped, warp(pair.moving, res.field))
+    torch.testing.assert_close(res.warped_seg, warp(pair.moving_seg, res.field, mode="nearest"))
