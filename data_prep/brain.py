@@ -1,9 +1,8 @@
 """Build brain registration data from the ICBM152 2009a template that nilearn ships (no download).
 
 Labels: 0 background, 1 CSF, 2 GM, 3 WM (argmax of the GM / WM / remaining-CSF probabilities inside the brain
-mask). Subjects are the skull-stripped template under a random smooth diffeomorphic deformation (scaling and
-squaring of a stationary velocity field) composed with a small affine, times a smooth bias field, plus noise;
-labels follow with nearest neighbour.
+mask). Subjects: :mod:`rli2it_med.registration.synthetic` (the template under a random smooth diffeomorphism and
+a small affine, with bias field and noise).
 
 - 3D: 2 mm, 96x112x96; the atlas is the template itself.
 - 2D: axial slices of the 2 mm volume padded to 128x128; each subject comes from one slice of a central band
@@ -21,103 +20,27 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rli2it_med import io  # noqa: E402
-from rli2it_med.registration.warp import compose, warp  # noqa: E402
+from rli2it_med.registration.synthetic import (  # noqa: E402
+    LABEL_NAMES,
+    load_template,
+    make_subject,
+    slice_2d,
+)
 
-LABEL_NAMES = {1: "CSF", 2: "GM", 3: "WM"}
-SHAPE_3D = (96, 112, 96)
-SHAPE_2D = (128, 128)
 DEFAULTS = {
     2: {"train": 400, "val": 40, "test": 100, "velocity_std": 3.0, "control_points": 6, "band": (30, 62)},
     3: {"train": 40, "val": 4, "test": 10, "velocity_std": 3.0, "control_points": 5},
 }
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
-
-
-def load_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Skull-stripped T1 (0-1), labels and the 2 mm affine of the ICBM152 2009a template, cropped to 96x112x96."""
-    from nilearn import datasets
-
-    t1 = datasets.load_mni152_template(resolution=2)
-    gm = datasets.load_mni152_gm_template(resolution=2).get_fdata()
-    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata()
-    mask = datasets.load_mni152_brain_mask(resolution=2).get_fdata() > 0.5
-    image = np.where(mask, t1.get_fdata(), 0.0)
-    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
-    labels = np.where(mask, np.argmax(np.stack([csf, gm, wm]), axis=0) + 1, 0).astype(np.uint8)
-    # centre the brain's bounding box in the 96x112x96 grid (crop or pad each axis)
-    affine = t1.affine.copy()
-    lo = np.argwhere(mask).min(0)
-    hi = np.argwhere(mask).max(0) + 1
-    out_img = np.zeros(SHAPE_3D, np.float32)
-    out_lab = np.zeros(SHAPE_3D, np.uint8)
-    src, dst = [], []
-    for ax, size in enumerate(SHAPE_3D):
-        start = (lo[ax] + hi[ax]) // 2 - size // 2  # source index of the output's first voxel
-        s0, s1 = max(start, 0), min(start + size, image.shape[ax])
-        src.append(slice(s0, s1))
-        dst.append(slice(s0 - start, s1 - start))
-        affine[:3, 3] += affine[:3, ax] * start
-    out_img[tuple(dst)] = image[tuple(src)]
-    out_lab[tuple(dst)] = labels[tuple(src)]
-    out_img /= np.percentile(out_img[out_lab > 0], 99.5)
-    return np.clip(out_img, 0, 1).astype(np.float32), out_lab, affine
-
-
-def random_deformation(
-    shape: tuple[int, ...], gen: torch.Generator, velocity_std: float, control_points: int
-) -> torch.Tensor:
-    """Smooth diffeomorphic displacement (1, ndim, *shape) composed with a small random affine."""
-    nd = len(shape)
-    coarse = torch.randn(1, nd, *([control_points] * nd), generator=gen, dtype=torch.float64) * velocity_std
-    mode = ("bilinear", "trilinear")[nd - 2]
-    velocity = F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
-    field = velocity / 2**7
-    for _ in range(7):  # scaling and squaring
-        field = compose(field, field)
-    # small affine about the centre: rotation <= 5 degrees per plane, scale 1 +- 4 %, shift <= 2 voxels
-    u = lambda *s: torch.rand(*s, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
-    matrix = torch.eye(nd, dtype=torch.float64)
-    for i in range(nd):
-        for j in range(i + 1, nd):
-            a = math.radians(5.0) * float(u(1))
-            rot = torch.eye(nd, dtype=torch.float64)
-            rot[i, i] = rot[j, j] = math.cos(a)
-            rot[i, j], rot[j, i] = -math.sin(a), math.sin(a)
-            matrix = rot @ matrix
-    matrix = matrix @ torch.diag(1 + 0.04 * u(nd))
-    shift = 2.0 * u(nd)
-    centre = torch.tensor([(s - 1) / 2 for s in shape], dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in shape], indexing="ij"))
-    rel = grid.reshape(nd, -1) - centre[:, None]
-    affine_ddf = (matrix @ rel + centre[:, None] + shift[:, None] - grid.reshape(nd, -1)).reshape(1, nd, *shape)
-    return compose(affine_ddf, field)
-
-
-def make_subject(
-    image: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, velocity_std: float, control_points: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Deform, bias and add noise to one atlas image (1, 1, *S); return float32 image and uint8 labels."""
-    shape = tuple(image.shape[2:])
-    nd = len(shape)
-    ddf = random_deformation(shape, gen, velocity_std, control_points)
-    moved = warp(image.double(), ddf)
-    moved_labels = warp(labels, ddf, mode="nearest")
-    coarse_bias = torch.randn(1, 1, *([3] * nd), generator=gen, dtype=torch.float64) * 0.08
-    bias = torch.exp(F.interpolate(coarse_bias, size=shape, mode=("bilinear", "trilinear")[nd - 2], align_corners=True))
-    noise = torch.randn(moved.shape, generator=gen, dtype=torch.float64) * 0.01
-    out = (moved * bias + noise).clamp_min(0)
-    return out[0, 0].float().numpy(), moved_labels[0, 0].numpy().astype(np.uint8)
 
 
 def build(dim: int, out: Path, seed: int, counts: dict[str, int], velocity_std: float, control_points: int) -> None:
@@ -127,9 +50,9 @@ def build(dim: int, out: Path, seed: int, counts: dict[str, int], velocity_std: 
         spacing = [2.0, 2.0, 2.0]
     else:
         lo, hi = DEFAULTS[2]["band"]
-        pads = [((t - s) // 2, t - s - (t - s) // 2) for s, t in zip(image3d.shape[:2], SHAPE_2D)]
-        atlases_img = np.stack([np.pad(image3d[:, :, z], pads) for z in range(lo, hi)])
-        atlases_lab = np.stack([np.pad(labels3d[:, :, z], pads) for z in range(lo, hi)])
+        slices = [slice_2d(image3d, labels3d, affine, z) for z in range(lo, hi)]
+        atlases_img = np.stack([s[0] for s in slices])
+        atlases_lab = np.stack([s[1] for s in slices])
         spacing = [2.0, 2.0]
     out.mkdir(parents=True, exist_ok=True)
     for split, n in counts.items():

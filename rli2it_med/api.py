@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from rli2it_med.agent.checkpoint import load_checkpoint
 from rli2it_med.agent.networks import Agent, AgentConfig
@@ -28,7 +30,7 @@ from rli2it_med.registration.rewards import mean_dice
 from rli2it_med.registration.task import upgrade_config
 from rli2it_med.registration.warp import warp
 
-__all__ = ["RegistrationResult", "Registrator", "load_model", "resolve_device"]
+__all__ = ["RegistrationResult", "Registrator", "StepwiseRegistrationNet", "load_model", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -95,6 +97,97 @@ class _Layout:
         return t.detach().cpu().numpy() if self.numpy else t.to(self.device)
 
 
+class StepwiseRegistrationNet(nn.Module):
+    """The trained agent as one network: ``(B, 2, *S)`` fixed+moving -> ``(B, ndim, *S)`` displacement after T steps.
+
+    This is the bundles' ``network_def``. It pools the pair by ``grid_scale``, lets the planner/actor edit the
+    accumulated field for ``steps`` steps on that grid (``Phi_t = a_t + Warp(Phi_{t-1}, a_t)``, the moving image
+    interpolated once per step) and upsamples ``Phi_T`` to the input grid. The field is in voxels, channel ``i``
+    along spatial axis ``i``, a pull-back: ``warped(x) = moving(x + Phi(x))``.
+
+    Args:
+        agent: the agent, or its config (an :class:`AgentConfig` or its dict, as saved in checkpoints).
+        steps: episode length T at inference.
+        max_step: bound of each step field (voxels).
+        grid_scale: pooling factor of the episode grid.
+    """
+
+    def __init__(
+        self, agent: Agent | AgentConfig | dict, steps: int = 6, max_step: float = 2.0, grid_scale: int = 1
+    ) -> None:
+        super().__init__()
+        if isinstance(agent, dict):
+            agent = AgentConfig(**agent)
+        self.agent = agent if isinstance(agent, Agent) else Agent(agent)
+        if int(grid_scale) != grid_scale or grid_scale < 1:
+            raise ValueError(f"grid_scale must be a positive integer, got {grid_scale}")
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        self.steps, self.max_step, self.grid_scale = int(steps), float(max_step), int(grid_scale)
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.agent.config.spatial_dims
+
+    def rollout(
+        self, fixed: torch.Tensor, moving: torch.Tensor, steps: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the episode on (B, 1, *S) tensors; return ``Phi_T`` on the input grid and ``Phi_t`` (t = 0..T) on the
+        episode grid."""
+        steps = self.steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        scale = self.grid_scale
+        env = RegistrationEnv(
+            EnvConfig(max_steps=max(steps, 1), max_step=self.max_step, reward="none"), device=fixed.device
+        )
+        coarse = Pair(downsample_image(fixed, scale), downsample_image(moving, scale), None, None)
+        obs, info = env.reset(options={"pair": coarse})
+        fields = [info["field"]]
+        for _ in range(steps):
+            _, action, _ = self.agent.act(obs, deterministic=True)
+            obs, _, _, _, info = env.step(action)
+            fields.append(info["field"])
+        return upsample_field(fields[-1], scale, tuple(fixed.shape[2:])), fields
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != self.spatial_dims + 2 or image.shape[1] != 2:
+            raise ValueError(
+                f"expected (B, 2, *S) with {self.spatial_dims} spatial dims (fixed, moving), got {tuple(image.shape)}"
+            )
+        return self.rollout(image[:, :1], image[:, 1:])[0]
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, steps: int | None = None, map_location: str | torch.device = "cpu"
+    ) -> StepwiseRegistrationNet:
+        """Build the network a checkpoint describes and load its weights."""
+        payload = load_checkpoint(path, map_location)
+        try:
+            cfg = upgrade_config(payload["config"])
+            env = EnvConfig(**cfg["env"])
+            net = cls(cfg["agent"], env.max_steps if steps is None else steps, env.max_step, cfg.get("grid_scale", 1))
+            net.agent.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
+        net.metadata = {k: v for k, v in payload.items() if k != "state_dict"}
+        return net
+
+    def load_weights(self, path: str | Path) -> StepwiseRegistrationNet:
+        """Load a checkpoint's weights into this network; the checkpoint must describe the same agent."""
+        other = StepwiseRegistrationNet.from_checkpoint(path)
+        mine, theirs = (json.loads(json.dumps(n.agent.config.to_dict())) for n in (self, other))
+        if mine != theirs or other.grid_scale != self.grid_scale:
+            diff = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
+            if other.grid_scale != self.grid_scale:
+                diff["grid_scale"] = (self.grid_scale, other.grid_scale)
+            raise ValueError(f"{path}: a different agent than this network (config vs checkpoint: {diff})")
+        self.agent.load_state_dict(other.agent.state_dict())
+        self.metadata = other.metadata
+        return self
+
+
 class Registrator:
     """A trained registration agent.
 
@@ -116,7 +209,9 @@ class Registrator:
         if int(grid_scale) != grid_scale or grid_scale < 1:
             raise ValueError(f"grid_scale must be a positive integer, got {grid_scale}")
         self.device = resolve_device(device)
-        self.agent = agent.to(self.device).eval()
+        self.net = StepwiseRegistrationNet(agent, env_config.max_steps, env_config.max_step, grid_scale)
+        self.net.to(self.device).eval()
+        self.agent = self.net.agent
         self.env_config = env_config
         self.grid_scale = int(grid_scale)
         self.metadata: dict[str, Any] = {}
@@ -124,17 +219,9 @@ class Registrator:
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = "auto") -> Registrator:
         """Load a checkpoint written by training (``model.pt``) in one call."""
-        payload = load_checkpoint(path)
-        try:
-            cfg = upgrade_config(payload["config"])
-            agent = Agent(AgentConfig(**cfg["agent"]))
-            agent.load_state_dict(payload["state_dict"])
-            env_config = EnvConfig(**cfg["env"])
-            grid_scale = int(cfg.get("grid_scale", 1))
-        except (KeyError, TypeError, RuntimeError, ValueError) as e:
-            raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
-        reg = cls(agent, env_config, device, grid_scale)
-        reg.metadata = {k: v for k, v in payload.items() if k not in ("state_dict",)}
+        net = StepwiseRegistrationNet.from_checkpoint(path)
+        reg = cls(net.agent, EnvConfig(max_steps=net.steps, max_step=net.max_step), device, net.grid_scale)
+        reg.metadata = net.metadata
         return reg
 
     @property
@@ -174,20 +261,11 @@ class Registrator:
         steps = self.env_config.max_steps if steps is None else int(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
-        env_cfg = EnvConfig(max_steps=max(steps, 1), max_step=self.env_config.max_step, reward="none")
-        env = RegistrationEnv(env_cfg, device=self.device)
         scale, shape = self.grid_scale, tuple(pair.fixed.shape[2:])
 
         start = time.perf_counter()
-        coarse = Pair(downsample_image(pair.fixed, scale), downsample_image(pair.moving, scale), None, None)
-        obs, info = env.reset(options={"pair": coarse})
-        fields = [info["field"]]
-        for _ in range(steps):
-            _, action, _ = self.agent.act(obs, deterministic=True)
-            obs, _, _, _, info = env.step(action)
-            fields.append(info["field"])
-        field = upsample_field(info["field"], scale, shape)
-        warped = info["warped"] if scale == 1 else warp(pair.moving, field)
+        field, fields = self.net.rollout(pair.fixed, pair.moving, steps)
+        warped = warp(pair.moving, field)
         warped_seg = None if pair.moving_seg is None else warp(pair.moving_seg, field, mode="nearest")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -17,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "save_npz_deterministic", "load_dataset", "save_json", "load_json"]
+__all__ = [
+    "atomic_write_bytes",
+    "save_npz_deterministic",
+    "load_dataset",
+    "save_json",
+    "load_json",
+    "load_image",
+    "save_image",
+    "save_displacement",
+    "save_png",
+]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -72,3 +82,102 @@ def load_dataset(root: str | Path, split: str) -> tuple[dict[str, np.ndarray], d
     if missing:
         raise ValueError(f"{split_path}: missing arrays {sorted(missing)}")
     return arrays, meta
+
+
+def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI image: its voxels (float32; a one-slice volume becomes a 2D image) and its 4x4 affine.
+
+    Raises:
+        FileNotFoundError / ValueError naming the file: missing, unreadable, or not a single-channel 2D/3D image.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # noqa: BLE001 - any reader failure is reported with the file name
+        raise ValueError(f"{path}: not a readable NIfTI image ({e})") from e
+    while data.ndim > 2 and data.shape[-1] == 1:  # (X, Y, Z, 1) -> 3D; a one-slice (X, Y, 1) -> 2D
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise ValueError(f"{path}: expected a 2D or 3D single-channel image, got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{path}: contains NaN or infinite voxels")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def save_image(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
+    """Write a NIfTI image (``.nii`` / ``.nii.gz``) atomically; 2D arrays become one-slice volumes."""
+    import nibabel as nib
+
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    atomic_write_bytes(path, _nifti_bytes(img, str(path)))
+
+
+def save_displacement(path: str | Path, field: np.ndarray, affine: np.ndarray) -> None:
+    """Write a displacement field as the NIfTI vector image ITK, ANTs and 3D Slicer read as a transform.
+
+    Args:
+        field: (ndim, *S) pull-back displacement in voxels (channel ``i`` along array axis ``i``), on the grid of
+            ``affine``: ``warped(x) = moving(x + field(x))``.
+        affine: voxel-to-RAS (mm) affine of that grid.
+
+    The file holds, per voxel, the physical displacement in LPS millimetres (ITK's convention), shape
+    (X, Y, Z, 1, 3) with intent ``vector``: ITK's ``DisplacementFieldTransform`` maps a fixed-space point to the
+    moving-space point it samples, which is what resampling the moving image into the fixed space needs.
+    """
+    import nibabel as nib
+
+    field = np.asarray(field, dtype=np.float64)
+    nd = field.shape[0]
+    if field.ndim != nd + 1 or nd not in (2, 3):
+        raise ValueError(f"field must be (ndim, *S) with ndim 2 or 3, got shape {field.shape}")
+    affine = np.asarray(affine, dtype=np.float64)
+    vox = np.zeros((3, *field.shape[1:]))
+    vox[:nd] = field
+    ras = np.einsum("ij,j...->i...", affine[:3, :3], vox)
+    lps = ras * np.array([-1.0, -1.0, 1.0]).reshape(3, *([1] * nd))
+    data = np.moveaxis(lps, 0, -1).astype(np.float32)  # (*S, 3)
+    if nd == 2:
+        data = data[:, :, None]
+    data = data[:, :, :, None, :]  # (X, Y, Z, 1, 3): NIfTI's vector layout
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_intent("vector")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    atomic_write_bytes(path, _nifti_bytes(img, str(path)))
+
+
+def _nifti_bytes(img: Any, name: str) -> bytes:
+    import gzip
+
+    raw = img.to_bytes()
+    return gzip.compress(raw, compresslevel=1, mtime=0) if name.endswith(".gz") else raw
+
+
+def save_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an (H, W) grey or (H, W, 3) colour uint8 array as a PNG, atomically, with no imaging library."""
+    import struct
+    import zlib
+
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim not in (2, 3) or (rgb.ndim == 3 and rgb.shape[2] != 3):
+        raise ValueError(f"expected an (H, W) or (H, W, 3) uint8 array, got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[:2]
+    colour = 2 if rgb.ndim == 3 else 0
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, -1)], axis=1)  # filter byte 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b"")
+    atomic_write_bytes(path, png)

@@ -51,3 +51,17 @@ def test_bad_inputs_are_named(model_path):
         reg.register([[0.0]], np.zeros((8, 8)))
     with pytest.raises(ValueError, match=r"differs from fixed"):
         reg.register(np.zeros((8, 8)), np.zeros((8, 9)))
+
+
+def test_network_form_gives_the_registrators_field(model_path):
+    from rli2it_med.api import StepwiseRegistrationNet
+
+    reg = Registrator.load(model_path, device="cpu")
+    net = StepwiseRegistrationNet.from_checkpoint(model_path)
+    fixed, moving = torch.rand(2, 1, 1, 32, 32).unbind(0)
+    field = net(torch.cat([fixed, moving], 1))
+    assert field.shape == (1, 2, 32, 32)
+    assert torch.allclose(field, reg.register(fixed, moving).field, atol=1e-6)
+    assert net.rollout(fixed, moving, steps=0)[0].abs().max() == 0
+    with pytest.raises(ValueError, match="fixed, moving"):
+        net(torch.rand(1, 1, 32, 32))

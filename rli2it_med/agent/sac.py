@@ -13,6 +13,7 @@ One :meth:`SAC.train` gradient step:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -81,6 +82,9 @@ class SAC:
         buffer: replay buffer the caller fills with episodes.
         config: hyper-parameters.
         logger: where losses go.
+        grad_reduce: called with each optimiser's parameters after ``backward()`` and before clipping and the
+            step; data-parallel training averages the gradients over processes there
+            (:func:`rli2it_med.agent.distributed.average_gradients`).
     """
 
     def __init__(
@@ -90,8 +94,10 @@ class SAC:
         buffer: EpisodeReplayBuffer,
         config: SACConfig | None = None,
         logger: Logger | None = None,
+        grad_reduce: Callable[[list[torch.Tensor]], None] | None = None,
     ) -> None:
         self.agent, self.task, self.buffer = agent, task, buffer
+        self.grad_reduce = grad_reduce
         self.config = config or SACConfig()
         self.logger = logger or Logger()
         cfg = self.config
@@ -139,6 +145,8 @@ class SAC:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.grad_reduce is not None:
+            self.grad_reduce(params)
         nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         optimizer.step()
 

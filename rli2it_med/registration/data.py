@@ -72,6 +72,66 @@ class PairDataset:
         arrays, meta = io.load_dataset(root, split)
         return cls(arrays["images"], arrays["labels"], arrays[f"pairs_{kind}"], meta["label_values"], meta["spacing"])
 
+    @classmethod
+    def from_datalist(cls, path: str | Path, key: str = "training") -> PairDataset:
+        """Pairs from a MONAI-style datalist JSON of NIfTI files.
+
+        ``{"training": [{"fixed_image": ..., "moving_image": ..., "fixed_label": ..., "moving_label": ...}, ...],
+        "validation": [...]}``; relative paths are read from the JSON's folder, labels are optional (all or none).
+        Every image must have the shape of the first one (resample beforehand); intensities are scaled by their
+        99.5th percentile above zero into [0, 1], as the shipped data are.
+        """
+        path = Path(path)
+        entries = io.load_json(path).get(key)
+        if not entries:
+            raise ValueError(f"{path}: no {key!r} list of pairs")
+        pool: dict[Path, int] = {}
+        images, labels, pairs, spacing = [], [], [], None
+        with_labels = all("fixed_label" in e and "moving_label" in e for e in entries)
+
+        def add(image_file: str, label_file: str | None) -> int:
+            nonlocal spacing
+            f = (path.parent / image_file).resolve()
+            if f not in pool:
+                data, affine = io.load_image(f)
+                if images and data.shape != images[0].shape:
+                    raise ValueError(f"{f}: shape {data.shape} differs from {images[0].shape} of the first image")
+                positive = data[data > 0]
+                data = np.clip(data / (np.percentile(positive, 99.5) if positive.size else 1.0), 0, 1)
+                images.append(data.astype(np.float32))
+                if label_file is not None:
+                    lab, _ = io.load_image((path.parent / label_file).resolve())
+                    if lab.shape != data.shape:
+                        raise ValueError(f"{label_file}: label shape {lab.shape} differs from image {data.shape}")
+                    labels.append(np.rint(lab).astype(np.int64))
+                spacing = spacing or [float(np.linalg.norm(affine[:3, i])) for i in range(data.ndim)]
+                pool[f] = len(images) - 1
+            return pool[f]
+
+        for i, e in enumerate(entries):
+            try:
+                fixed = add(e["fixed_image"], e.get("fixed_label") if with_labels else None)
+                moving = add(e["moving_image"], e.get("moving_label") if with_labels else None)
+            except KeyError as err:
+                raise ValueError(f"{path}: {key}[{i}] lacks {err}") from err
+            pairs.append((fixed, moving))
+        label_stack = np.stack(labels) if with_labels else None
+        values = sorted(int(v) for v in np.unique(label_stack) if v != 0) if with_labels else []
+        return cls(np.stack(images), label_stack, np.asarray(pairs), values, spacing)
+
+    def shard(self, rank: int, world_size: int) -> PairDataset:
+        """This process's share of the pairs for distributed training: pairs ``rank, rank + world_size, ...``."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, {world_size})")
+        if len(self) < world_size:
+            raise ValueError(f"{len(self)} pairs cannot be shared by {world_size} processes")
+        if world_size == 1:
+            return self
+        shard = PairDataset.__new__(PairDataset)
+        shard.__dict__.update(self.__dict__)
+        shard.pairs = self.pairs[rank::world_size].clone()
+        return shard
+
     @property
     def spatial_dims(self) -> int:
         return self.images.ndim - 2

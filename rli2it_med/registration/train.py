@@ -2,8 +2,8 @@
 
 Each round collects a batch of episodes with the stochastic policy (random plans during bootstrap) into the
 compact episode buffer, then runs SAC + auxiliary updates. Validation Dice decides ``best.pt``; ``model.pt`` is
-the latest weights and ``train_state.pt`` holds optimisers, counters, elapsed time and RNG for ``--resume``
-(the replay buffer is refilled after a resume).
+the latest weights and ``train_state.pt`` holds weights, optimisers, counters, elapsed time and RNG for
+``--resume`` (the replay buffer is refilled after a resume).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, count_parameters
+from rli2it_med.agent import distributed as ddp
 from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
-from rli2it_med.api import Registrator, resolve_device
+from rli2it_med.api import Registrator
 from rli2it_med.io import save_json
 from rli2it_med.registration.data import PairDataset
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
@@ -220,41 +221,60 @@ def gm_wm_dice(metrics: dict[str, Any]) -> float:
     return float(np.nanmean(metrics["dice"][:, cols])) if cols else float(np.nanmean(metrics["dice"]))
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a registration agent; return the last validation summary and run statistics."""
-    device = resolve_device(cfg.device)
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    train_pairs: PairDataset | None = None,
+    val_pairs: PairDataset | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a registration agent; return the last validation summary and run statistics.
+
+    Pairs default to the ``cfg.data`` splits (``train`` with ``cfg.pairs``, ``val`` template pairs). Under
+    ``torchrun`` (an initialised process group) every process collects episodes on its share of the training pairs
+    into its own buffer, gradients are averaged over processes at every step, and process 0 alone validates and
+    writes checkpoints and logs; the batch sizes are per process.
+    """
+    rank, world = ddp.rank(), ddp.world_size()
+    device = ddp.local_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    train_pairs = PairDataset.load(cfg.data, "train", cfg.pairs)
-    val_pairs = PairDataset.load(cfg.data, "val", "template")
+    torch.manual_seed(cfg.seed + rank)
+    train_pairs = train_pairs if train_pairs is not None else PairDataset.load(cfg.data, "train", cfg.pairs)
+    val_pairs = val_pairs if val_pairs is not None else PairDataset.load(cfg.data, "val", "template")
     if train_pairs.spatial_dims != cfg.agent.spatial_dims:
         raise ValueError(f"{cfg.data}: data are {train_pairs.spatial_dims}D but the agent is {cfg.agent.spatial_dims}D")
+    train_pairs = train_pairs.shard(rank, world)
     agent = Agent(cfg.agent).to(device)
-    logger = Logger(out)
+    ddp.broadcast_module(agent)
+    writer = rank == 0
+    logger = Logger(out if writer else None)
     buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
     task = RegistrationTask(train_pairs, cfg.loss, device, cfg.grid_scale)
-    sac = SAC(agent, task, buffer, cfg.sac, logger)
+    sac = SAC(agent, task, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients if world > 1 else None)
     env = RegistrationEnv(cfg.env, task.pairs, cfg.env_batch, device)
-    env.reset(seed=cfg.seed)
+    env.reset(seed=cfg.seed + rank)
     generator = torch.Generator().manual_seed(cfg.seed)
     state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf}
     if resume and (out / "train_state.pt").is_file():
-        ckpt = load_checkpoint(out / "model.pt", device)
-        agent.load_state_dict(ckpt["state_dict"])
         ts = torch.load(out / "train_state.pt", map_location=device, weights_only=False)
+        weights = ts["agent"] if "agent" in ts else load_checkpoint(out / "model.pt", device)["state_dict"]  # pre-0.1
+        agent.load_state_dict(weights)
         sac.load_state_dict(ts["sac"])
         state.update(ts["state"])
         generator.set_state(ts["generator"])
-        env._rng = np.random.default_rng(ts["env_seed"])
-        print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
-    save_json(out / "config.json", cfg.to_dict())
+        env._rng = np.random.default_rng(ts["env_seed"] + rank)
+        if writer:
+            print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
+    if writer:
+        save_json(out / "config.json", cfg.to_dict())
 
     budget = cfg.minutes * 60
     start = time.perf_counter() - state["elapsed"]
     next_eval = (sac.n_updates // cfg.eval_every + 1) * cfg.eval_every
     summary: dict[str, Any] = {}
-    bar = tqdm(total=int(budget), initial=int(state["elapsed"]), unit="s", disable=not progress, desc="train")
+    quiet = not (progress and writer)
+    bar = tqdm(total=int(budget), initial=int(state["elapsed"]), unit="s", disable=quiet, desc="train")
 
     def elapsed() -> float:
         return time.perf_counter() - start
@@ -262,6 +282,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     def checkpoint() -> None:
         nonlocal summary
         state["elapsed"] = elapsed()
+        env_seed = int(env._rng.integers(2**31))
+        env._rng = np.random.default_rng(env_seed)
+        if not writer:
+            ddp.barrier()
+            return
         reg = Registrator(agent, cfg.env, device, cfg.grid_scale)
         metrics = evaluate(reg, val_pairs, limit=cfg.val_pairs, batch_size=cfg.env_batch, hd95=False)
         agent.train()
@@ -279,23 +304,36 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         if summary["dice_gm_wm"] > state["best"]:
             state["best"] = summary["dice_gm_wm"]
             save_checkpoint(out / "best.pt", model_config(cfg), agent.state_dict(), **extra)
-        env_seed = int(env._rng.integers(2**31))
-        env._rng = np.random.default_rng(env_seed)
         torch.save(
-            {"sac": sac.state_dict(), "state": state, "generator": generator.get_state(), "env_seed": env_seed},
+            {
+                "agent": agent.state_dict(),  # the weights of this very update: the file alone is a consistent resume
+                "sac": sac.state_dict(),
+                "state": state,
+                "generator": generator.get_state(),
+                "env_seed": env_seed,
+            },
             out / "train_state.pt.tmp",
         )
         Path(out / "train_state.pt.tmp").replace(out / "train_state.pt")
         bar.set_postfix(val_dice=f"{summary['dice_gm_wm']:.3f}", critic=f"{row.get('train/critic_loss', 0):.3g}")
+        ddp.barrier()
+
+    def keep_going() -> tuple[bool, float]:
+        """Process 0 decides, so every process stops after the same update at the same learning rate."""
+        go = elapsed() < budget and (cfg.max_updates is None or sac.n_updates < cfg.max_updates)
+        go_all, fraction = ddp.broadcast_values([float(go), min(1.0, elapsed() / budget)])
+        return bool(go_all), fraction
 
     agent.train()
-    while elapsed() < budget and (cfg.max_updates is None or sac.n_updates < cfg.max_updates):
+    while True:
+        go, progress_fraction = keep_going()
+        if not go:
+            break
         stats = collect(env, agent, buffer, random_plans=state["rounds"] < cfg.bootstrap_rounds)
         for k, v in stats.items():
             logger.record(f"rollout/{k}", v)
         state["rounds"] += 1
         if state["rounds"] > cfg.bootstrap_rounds:
-            progress_fraction = min(1.0, elapsed() / budget)
             sac.set_lr_scale(cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress_fraction)))
             sac.train(cfg.updates_per_round, cfg.batch_size, generator)
         bar.update(int(elapsed()) - bar.n)

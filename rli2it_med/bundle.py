@@ -1,0 +1,366 @@
+"""The pieces the MONAI bundles in ``bundles/`` are assembled from; their configs name these, no logic lives there.
+
+- :func:`bundle_root`: where a bundle is, from the repository root or the bundle folder.
+- :func:`inference_cases` / :class:`RegistrationInference`: the inference workflow's dataset and evaluator (the
+  demo pair built at run time, a user's fixed/moving files, or a folder of cases); writes the warped image and
+  labels, the displacement field as an ITK/Slicer transform, a QC picture and Dice before/after.
+- :func:`registration_pairs` / :class:`RegistrationEvaluator`: the evaluate workflow (held-out pairs, metrics JSON).
+- :class:`RegistrationTrainer`: the train workflow (:func:`rli2it_med.registration.train.train`, also under
+  ``torchrun``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rli2it_med import io
+from rli2it_med.agent import distributed as ddp
+from rli2it_med.api import Registrator, StepwiseRegistrationNet
+from rli2it_med.registration.data import PairDataset
+from rli2it_med.registration.env import EnvConfig
+from rli2it_med.registration.metrics import dice_per_label, folding_percent, jacobian_determinant
+from rli2it_med.registration.warp import warp
+
+__all__ = [
+    "bundle_root",
+    "inference_cases",
+    "RegistrationInference",
+    "registration_pairs",
+    "RegistrationEvaluator",
+    "RegistrationTrainer",
+]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def bundle_root(name: str) -> str:
+    """The folder of bundle ``name``: the working directory when it is that bundle, else ``./bundles/<name>``, else
+    the ``bundles/<name>`` next to this package (a source checkout). Override with ``--bundle_root``."""
+    cwd = Path.cwd()
+    candidates = [cwd, cwd / "bundles" / name, Path(__file__).resolve().parents[1] / "bundles" / name]
+    for c in candidates:
+        if c.name == name and (c / "configs" / "metadata.json").is_file():
+            return str(c)
+    raise FileNotFoundError(f"bundle {name!r} not found from {cwd}; run from the repository or pass --bundle_root")
+
+
+# ---------------------------------------------------------------------------------------------------- inference
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suffix in NIFTI_SUFFIXES:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    return None
+
+
+def inference_cases(
+    fixed: str | None = None,
+    moving: str | None = None,
+    fixed_label: str | None = None,
+    moving_label: str | None = None,
+    dataset_dir: str | None = None,
+    spatial_dims: int = 3,
+) -> list[dict[str, Any]]:
+    """What the inference workflow registers, in order of precedence:
+
+    1. ``fixed`` and ``moving`` NIfTI files (labels optional): one case;
+    2. ``dataset_dir``: a ``datalist.json`` there (MONAI style, list ``"testing"``, keys ``fixed_image``,
+       ``moving_image``, optional ``fixed_label``/``moving_label``), else one case per sub-folder holding
+       ``fixed.nii[.gz]`` and ``moving.nii[.gz]`` (and optional ``fixed_label``/``moving_label``);
+    3. nothing: the demo pair, built now from the nilearn template
+       (:func:`~rli2it_med.registration.synthetic.demo_pair`).
+
+    Files are only read when a case runs, so one unreadable case does not stop the others.
+    """
+    if (fixed is None) != (moving is None):
+        raise ValueError("give both --fixed and --moving (or neither)")
+    if fixed is not None:
+        return [{"name": Path(fixed).name.split(".")[0], "fixed": fixed, "moving": moving,
+                 "fixed_label": fixed_label, "moving_label": moving_label}]  # fmt: skip
+    if dataset_dir is None:
+        return [{"name": "demo", "demo": spatial_dims}]
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset_dir not found")
+    if (root / "datalist.json").is_file():
+        entries = io.load_json(root / "datalist.json").get("testing") or []
+        cases = []
+        for i, e in enumerate(entries):
+            get = lambda k: None if e.get(k) is None else str(root / e[k])  # noqa: B023, E731
+            cases.append({"name": e.get("name", f"case{i:03d}"), "fixed": get("fixed_image"),
+                          "moving": get("moving_image"), "fixed_label": get("fixed_label"),
+                          "moving_label": get("moving_label")})  # fmt: skip
+    else:
+        cases = [
+            {"name": d.name, "fixed": _find(d, "fixed"), "moving": _find(d, "moving"),
+             "fixed_label": _find(d, "fixed_label"), "moving_label": _find(d, "moving_label")}
+            for d in sorted(p for p in root.iterdir() if p.is_dir())
+        ]  # fmt: skip
+    if not cases:
+        raise ValueError(f"{root}: no cases (expected datalist.json with a 'testing' list, or case sub-folders)")
+    return cases
+
+
+def _scale01(image: np.ndarray) -> np.ndarray:
+    """Intensities into [0, 1] by the 99.5th percentile above zero, as the training data were."""
+    positive = image[image > 0]
+    top = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+    return np.clip(image / (top if top > 0 else 1.0), 0, 1).astype(np.float32)
+
+
+def _load_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Read a case's arrays; the moving image (and labels) are resampled onto the fixed grid when it differs."""
+    if "demo" in case:
+        from rli2it_med.registration.synthetic import demo_pair
+
+        return demo_pair(case["demo"])
+    for key in ("fixed", "moving"):
+        if case.get(key) is None:
+            raise FileNotFoundError(f"case {case['name']}: no {key} image")
+    fixed, affine = io.load_image(case["fixed"])
+    moving, moving_affine = io.load_image(case["moving"])
+    out = {"fixed": fixed, "affine": affine, "fixed_seg": None, "moving_seg": None}
+    fixed_seg = None if case.get("fixed_label") is None else io.load_image(case["fixed_label"])
+    moving_seg = None if case.get("moving_label") is None else io.load_image(case["moving_label"])
+    same_grid = moving.shape == fixed.shape and np.allclose(moving_affine, affine, atol=1e-4)
+    out["moving"] = moving if same_grid else _resample(moving, moving_affine, fixed.shape, affine, order=1)
+    if fixed_seg is not None:
+        if fixed_seg[0].shape != fixed.shape:
+            raise ValueError(f"{case['fixed_label']}: shape {fixed_seg[0].shape} differs from fixed {fixed.shape}")
+        out["fixed_seg"] = np.rint(fixed_seg[0]).astype(np.int64)
+    if moving_seg is not None:
+        lab, lab_affine = moving_seg
+        if lab.shape != moving.shape:
+            raise ValueError(f"{case['moving_label']}: shape {lab.shape} differs from moving {moving.shape}")
+        lab = lab if same_grid else _resample(lab, lab_affine, fixed.shape, affine, order=0)
+        out["moving_seg"] = np.rint(lab).astype(np.int64)
+    return out
+
+
+def _resample(image: np.ndarray, affine: np.ndarray, shape: tuple, target_affine: np.ndarray, order: int):
+    """``image`` (with its affine) sampled on the target grid, through world coordinates (zero outside)."""
+    from scipy.ndimage import affine_transform
+
+    squeeze = image.ndim == 2
+    if squeeze:
+        image, shape = image[..., None], (*shape, 1)
+    vox = np.linalg.inv(affine) @ target_affine  # target voxel -> source voxel
+    out = affine_transform(image, vox[:3, :3], vox[:3, 3], output_shape=shape, order=order, mode="constant")
+    return out[..., 0] if squeeze else out
+
+
+class RegistrationInference:
+    """Register every case and write, per case, into ``output_dir/<case>/``:
+
+    ``warped.nii.gz`` (moving image in the fixed image's space, original intensities), ``warped_label.nii.gz``
+    (nearest neighbour, when moving labels are given), ``displacement.nii.gz`` (ITK/ANTs/Slicer displacement field,
+    LPS mm; see :func:`rli2it_med.io.save_displacement`), ``qc.png`` and ``metrics.json``; and ``summary.json`` for
+    all cases. Dice before/after is printed when both label maps are given. A failing case is reported and skipped;
+    :meth:`run` raises at the end if any failed.
+
+    Args:
+        dataset: cases from :func:`inference_cases`.
+        network: the trained :class:`~rli2it_med.api.StepwiseRegistrationNet`.
+        inferer: a MONAI inferer, called as ``inferer(inputs, network)`` with ``inputs`` = (1, 2, *S) fixed+moving.
+        device: where the network runs.
+        output_dir: where results go.
+        qc: write the QC picture.
+    """
+
+    def __init__(
+        self,
+        dataset: list[dict[str, Any]],
+        network: StepwiseRegistrationNet,
+        inferer: Any,
+        device: torch.device | str,
+        output_dir: str,
+        qc: bool = True,
+    ) -> None:
+        self.dataset, self.network, self.inferer = dataset, network, inferer
+        self.device, self.output_dir, self.qc = torch.device(device), Path(output_dir), qc
+
+    @torch.no_grad()
+    def register(self, case: dict[str, Any]) -> dict[str, Any]:
+        data = _load_case(case)
+        nd = self.network.spatial_dims
+        if data["fixed"].ndim != nd:
+            raise ValueError(f"case {case['name']}: {data['fixed'].ndim}D images for a {nd}D model")
+        as_tensor = lambda a: torch.as_tensor(np.ascontiguousarray(a))[None, None].to(self.device)  # noqa: E731
+        inputs = torch.cat([as_tensor(_scale01(data["fixed"])), as_tensor(_scale01(data["moving"]))], 1)
+        start = time.perf_counter()
+        field = self.inferer(inputs, self.network)
+        warped = warp(as_tensor(data["moving"].astype(np.float32)), field)
+        seconds = time.perf_counter() - start
+        result: dict[str, Any] = {"case": case["name"], "seconds": seconds}
+        det = jacobian_determinant(field.cpu())
+        result["folding_percent"] = float(folding_percent(field.cpu()))
+        result["jacobian_min"], result["jacobian_max"] = float(det.min()), float(det.max())
+        folder = self.output_dir / case["name"]
+        affine = data["affine"]
+        io.save_image(folder / "warped.nii.gz", warped[0, 0].cpu().numpy(), affine)
+        io.save_displacement(folder / "displacement.nii.gz", field[0].cpu().numpy(), affine)
+        if data["moving_seg"] is not None:
+            warped_seg = warp(as_tensor(data["moving_seg"]), field, mode="nearest")[0, 0].cpu()
+            io.save_image(folder / "warped_label.nii.gz", warped_seg.numpy().astype(np.int16), affine)
+            if data["fixed_seg"] is not None:
+                fixed_seg = torch.as_tensor(data["fixed_seg"]).long()
+                labels = sorted(int(v) for v in torch.unique(fixed_seg) if v != 0)
+                names = data.get("label_names") or {}
+                before = dice_per_label(torch.as_tensor(data["moving_seg"])[None, None], fixed_seg[None, None], labels)
+                after = dice_per_label(warped_seg[None, None].long(), fixed_seg[None, None], labels)
+                result["dice_before"] = {names.get(v, str(v)): float(d) for v, d in zip(labels, before[0])}
+                result["dice_after"] = {names.get(v, str(v)): float(d) for v, d in zip(labels, after[0])}
+                result["dice_before_mean"] = float(before.mean())
+                result["dice_after_mean"] = float(after.mean())
+        if self.qc:
+            from rli2it_med.registration.qc import qc_picture
+
+            picture = qc_picture(data["fixed"], data["moving"], warped[0, 0].cpu().numpy(), data["fixed_seg"])
+            io.save_png(folder / "qc.png", picture)
+        io.save_json(folder / "metrics.json", result)
+        return result
+
+    def run(self) -> list[dict[str, Any]]:
+        self.network.to(self.device).eval()
+        results, failures = [], []
+        for case in self.dataset:
+            try:
+                r = self.register(case)
+            except Exception as e:  # noqa: BLE001 - one bad case is reported, the batch goes on
+                failures.append({"case": case["name"], "error": f"{type(e).__name__}: {e}"})
+                print(f"{case['name']}: FAILED: {type(e).__name__}: {e}")
+                continue
+            results.append(r)
+            line = f"{r['case']}: {r['seconds']:.2f} s, folding {r['folding_percent']:.3f} %"
+            if "dice_after" in r:
+                per = ", ".join(f"{k} {r['dice_before'][k]:.3f}->{v:.3f}" for k, v in r["dice_after"].items())
+                line += f", Dice before {r['dice_before_mean']:.3f} -> after {r['dice_after_mean']:.3f} ({per})"
+            print(f"{line}; outputs in {self.output_dir / r['case']}")
+        io.save_json(self.output_dir / "summary.json", {"cases": results, "failed": failures})
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(self.dataset)} cases failed: {failures}")
+        return results
+
+
+# --------------------------------------------------------------------------------------------- evaluate / train
+
+
+def registration_pairs(dataset_dir: str, split: str = "test", kind: str = "template") -> PairDataset:
+    """Pairs of a ``data_prep/brain.py`` dataset split, or of a ``datalist.json`` in ``dataset_dir`` (its
+    ``"training"`` list for ``train``, ``"validation"`` for ``val``, ``"testing"`` for ``test``)."""
+    root = Path(dataset_dir)
+    if (root / "datalist.json").is_file():
+        return PairDataset.from_datalist(
+            root / "datalist.json", {"val": "validation", "test": "testing"}.get(split, "training")
+        )
+    if not (root / "meta.json").is_file():
+        raise FileNotFoundError(
+            f"{root}: no dataset; build one with `python data_prep/brain.py --dim 3 --out {root}`"
+            " or put a datalist.json there"
+        )
+    return PairDataset.load(root, split, kind)
+
+
+class RegistrationEvaluator:
+    """Score the network on held-out pairs: Dice per label, HD95, folding, seconds per pair, Dice after each step.
+
+    The episode is rolled out through ``network.rollout`` rather than the one-call ``inferer`` so the Dice after
+    every step t = 0..T is measured too. Prints a table and writes ``output_dir/metrics.json``.
+    """
+
+    def __init__(
+        self,
+        dataset: PairDataset,
+        network: StepwiseRegistrationNet,
+        inferer: Any,
+        device: torch.device | str,
+        output_dir: str,
+        label_names: dict[str, str] | None = None,
+        limit: int | None = None,
+    ) -> None:
+        self.dataset, self.network, self.inferer = dataset, network, inferer
+        self.device, self.output_dir = torch.device(device), Path(output_dir)
+        self.label_names, self.limit = label_names or {}, limit
+
+    def run(self) -> dict[str, Any]:
+        from rli2it_med.registration.train import evaluate, gm_wm_dice, summarize
+
+        env = EnvConfig(max_steps=self.network.steps, max_step=self.network.max_step)
+        reg = Registrator(self.network.agent, env, self.device, self.network.grid_scale)
+        metrics = evaluate(reg, self.dataset, limit=self.limit, progress=True)
+        summary: dict[str, Any] = summarize(metrics, self.label_names)
+        summary["dice_gm_wm"] = gm_wm_dice(metrics)
+        summary["pairs"] = len(metrics["dice"])
+        summary["dice_per_step"] = [float(x) for x in metrics["dice_steps"].mean(0)]
+        for k, v in summary.items():
+            print(f"  {k:<18} {v:.4f}" if isinstance(v, float) else f"  {k:<18} {v}")
+        io.save_json(self.output_dir / "metrics.json", summary)
+        return summary
+
+
+class RegistrationTrainer:
+    """The train workflow: SAC + auxiliary loss on the network's agent (:func:`~rli2it_med.registration.train.train`).
+
+    One *epoch* is ``epoch_length`` gradient updates followed by validation and checkpoints (``model.pt`` latest,
+    ``best.pt`` by validation GM/WM Dice, ``train_state.pt`` for resuming, ``progress.csv``) in ``output_dir``.
+    Training stops after ``max_epochs`` epochs or ``minutes`` of wall clock, whichever comes first; the learning
+    rates follow a cosine over ``minutes``. Under ``torchrun`` it trains data-parallel (see
+    :mod:`rli2it_med.agent.distributed`).
+
+    Args:
+        network: its agent config, episode length, step bound and grid scale define what is trained.
+        dataset, val_dataset: training and validation pairs.
+        options: any other :class:`~rli2it_med.registration.train.TrainConfig` field (``batch_size``,
+            ``env_batch``, ``sac``/``loss`` as dicts...), over the 2D/3D defaults.
+    """
+
+    def __init__(
+        self,
+        network: StepwiseRegistrationNet,
+        dataset: PairDataset,
+        val_dataset: PairDataset,
+        output_dir: str,
+        max_epochs: int,
+        epoch_length: int = 200,
+        minutes: float = 50.0,
+        device: torch.device | str = "auto",
+        resume: bool = False,
+        seed: int = 0,
+        dataset_dir: str = "",
+        progress: bool = True,
+        **options: Any,
+    ) -> None:
+        from rli2it_med.agent import SACConfig
+        from rli2it_med.registration.task import LossConfig
+        from rli2it_med.registration.train import default_config
+
+        cfg = default_config(network.spatial_dims)
+        for name, cls in (("sac", SACConfig), ("loss", LossConfig)):
+            if name in options:
+                options[name] = cls(**(asdict(getattr(cfg, name)) | dict(options[name])))
+        for k, v in options.items():
+            if not hasattr(cfg, k) or k in ("agent", "env"):
+                raise ValueError(f"unknown training option {k!r} (the network defines agent and episode)")
+            setattr(cfg, k, v)
+        cfg.agent = network.agent.config
+        cfg.env.max_steps, cfg.env.max_step, cfg.grid_scale = network.steps, network.max_step, network.grid_scale
+        cfg.data, cfg.out, cfg.seed = str(dataset_dir), str(output_dir), int(seed)
+        cfg.minutes, cfg.eval_every, cfg.max_updates = float(minutes), int(epoch_length), int(max_epochs * epoch_length)
+        cfg.device = str(device)
+        self.config, self.max_epochs = cfg, int(max_epochs)
+        self.dataset, self.val_dataset, self.resume, self.progress = dataset, val_dataset, bool(resume), progress
+
+    def run(self) -> dict[str, Any]:
+        from rli2it_med.registration.train import train
+
+        result = train(self.config, self.resume, self.progress, self.dataset, self.val_dataset)
+        if ddp.rank() == 0:
+            print({k: v for k, v in result.items() if k != "val"} | {"val_dice_gm_wm": result["val"].get("dice_gm_wm")})
+        return result
