@@ -3,6 +3,10 @@
 rli2it train --data data/brain2d --out runs/brain2d --minutes 20
 rli2it train --out runs/brain2d --resume
 rli2it evaluate --model runs/brain2d/best.pt --data data/brain2d --split test
+rli2it register --fixed F.nii.gz --moving M.nrrd --warped-out W.nii.gz --transform-out T.h5
+rli2it register --pairs pairs.csv --out-dir results/
+rli2it warp --fixed F.nii.gz --moving M_seg.nii.gz --transform T.h5 --out W_seg.nii.gz --nearest
+rli2it jacobian --fixed F.nii.gz --transform T.h5 --out J.nii.gz
 """
 
 from __future__ import annotations
@@ -78,6 +82,93 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register(args: argparse.Namespace) -> int:
+    import torch
+
+    from rli2it_med import clinical
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = "auto" if args.device is None else args.device
+    from rli2it_med.api import resolve_device
+
+    device = resolve_device(device)
+    if args.pairs:
+        if args.out_dir is None:
+            raise ValueError("--pairs needs --out-dir")
+        summary = clinical.register_batch(
+            args.pairs, args.out_dir, args.model, args.steps, args.affine, args.seed, device, not args.quiet
+        )
+        done = summary["pairs"] - len(summary["failed"])
+        print(f"{done} of {summary['pairs']} pairs registered; summary in {args.out_dir}/summary.csv")
+        for f in summary["failed"]:
+            print(f"  {f['id']}: {f['error']}", file=sys.stderr)
+        return 1 if summary["failed"] else 0
+    if args.fixed is None or args.moving is None or args.warped_out is None:
+        raise ValueError("give --fixed, --moving and --warped-out (or --pairs and --out-dir)")
+    outputs = [args.warped_out, args.warped_seg_out, args.transform_out, args.jacobian_out, args.qc_out, args.stats_out]
+    clinical.check_writable(outputs)
+    if args.warped_seg_out and not args.moving_seg:
+        raise ValueError("--warped-seg-out needs --moving-seg")
+    net = clinical.load_network(args.model, clinical.image_dimension(args.fixed))
+    result = clinical.register_images(
+        args.fixed, args.moving, net, args.fixed_seg, args.moving_seg, args.steps, args.affine, args.seed, device
+    )
+    clinical.save_outputs(
+        result, args.fixed, args.moving, args.fixed_seg, args.warped_out, args.warped_seg_out, args.transform_out,
+        args.jacobian_out, args.qc_out, args.stats_out,
+    )  # fmt: skip
+    st = result.stats
+    line = f"registered in {st['seconds']:.1f} s; folding {st['folding_percent']:.3f} %"
+    if "dice" in st:
+        line += f"; Dice mean {st['dice_mean']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in st["dice"].items()) + ")"
+    print(line)
+    return 0
+
+
+def _warp(args: argparse.Namespace) -> int:
+    from rli2it_med import clinical
+
+    sitk = clinical._sitk()
+    fixed = clinical.read_image(args.fixed)
+    moving = clinical.read_image(args.moving)
+    transform = clinical.read_transform(args.transform)
+    clinical.check_writable([args.out])
+    if args.nearest:
+        moving = sitk.Cast(moving, sitk.sitkInt32)
+        out = sitk.Resample(moving, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
+    else:
+        out = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    clinical.write_image(args.out, out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _jacobian(args: argparse.Namespace) -> int:
+
+    from rli2it_med import clinical
+
+    sitk = clinical._sitk()
+    fixed = clinical.read_image(args.fixed)
+    transform = clinical.read_transform(args.transform)
+    clinical.check_writable([args.out])
+    to_field = sitk.TransformToDisplacementFieldFilter()
+    to_field.SetReferenceImage(fixed)
+    to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
+    det = sitk.DisplacementFieldJacobianDeterminant(to_field.Execute(transform))
+    a = sitk.GetArrayFromImage(det)
+    folding = float((a <= 0).mean() * 100)
+    if args.log:
+        det = sitk.Log(sitk.Maximum(det, 1e-6))
+    clinical.write_image(args.out, det)
+    print(
+        f"Jacobian determinant: min {a.min():.4f}, mean {a.mean():.4f}, max {a.max():.4f}; "
+        f"folding (det <= 0) {folding:.4f} % of {a.size} voxels"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rli2it", description="RL-I2IT step-wise registration")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +204,53 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_evaluate)
+
+    r = sub.add_parser(
+        "register",
+        help="register scans (NIfTI, NRRD, MHA or a DICOM series folder); outputs on the fixed image's grid",
+        description=(
+            "Affine pre-alignment (mutual information, SimpleITK) then the step-wise agent on the model's 2 mm "
+            "working grid. The written transform is the COMPOSITE (affine and deformable) as one dense displacement "
+            "field on the fixed grid, in LPS mm, fixed -> moving (the resampling direction): SimpleITK/ITK "
+            "Resample(moving, fixed, DisplacementFieldTransform(T)) reproduces --warped-out, 3D Slicer loads it "
+            "as a transform, and `antsApplyTransforms -t T` applies it alone (no separate affine)."
+        ),
+    )
+    r.add_argument("--fixed", help="fixed image (its grid and affine are the outputs')")
+    r.add_argument("--moving", help="moving image")
+    r.add_argument("--fixed-seg", help="fixed label map (for Dice)")
+    r.add_argument("--moving-seg", help="moving label map (propagated with nearest neighbour)")
+    r.add_argument("--model", help="bundle folder or checkpoint (default: the shipped brain bundle, 2D or 3D by input)")
+    r.add_argument("--steps", type=int, help="agent steps T (default: the trained episode length)")
+    r.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True, help="affine pre-alignment")
+    r.add_argument("--warped-out", help="moving image in the fixed space")
+    r.add_argument("--warped-seg-out", help="moving labels in the fixed space")
+    r.add_argument("--transform-out", help="displacement field transform: .h5, .nii.gz (vector intent) or .nrrd")
+    r.add_argument("--jacobian-out", help="Jacobian determinant map")
+    r.add_argument("--qc-out", help="QC picture (.png)")
+    r.add_argument("--stats-out", help="statistics (.json): Dice, folding, Jacobian, seconds")
+    r.add_argument("--pairs", help="batch: CSV with columns fixed, moving[, fixed_seg, moving_seg, id]")
+    r.add_argument("--out-dir", help="batch: one folder per pair plus summary.csv / summary.json")
+    r.add_argument("--device", help="auto (default), cpu, cuda ...")
+    r.add_argument("--seed", type=int, default=0, help="seed of the affine metric sampling")
+    r.add_argument("--threads", type=int)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_register)
+
+    w = sub.add_parser("warp", help="apply a saved transform (labels: --nearest)")
+    w.add_argument("--fixed", required=True, help="image whose grid the output takes")
+    w.add_argument("--moving", required=True)
+    w.add_argument("--transform", required=True, help=".h5 / .nii.gz / .nrrd displacement field")
+    w.add_argument("--out", required=True)
+    w.add_argument("--nearest", action="store_true", help="nearest neighbour (label maps)")
+    w.set_defaults(func=_warp)
+
+    j = sub.add_parser("jacobian", help="Jacobian determinant map of a transform, with folding statistics")
+    j.add_argument("--fixed", required=True)
+    j.add_argument("--transform", required=True)
+    j.add_argument("--out", required=True)
+    j.add_argument("--log", action="store_true", help="write log(det) (det clipped at 1e-6)")
+    j.set_defaults(func=_jacobian)
     return parser
 
 
@@ -120,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:
         print(f"rli2it {args.command}: error: {e}", file=sys.stderr)
         return 2
 

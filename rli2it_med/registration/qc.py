@@ -31,9 +31,12 @@ def qc_picture(
     warped: np.ndarray,
     fixed_seg: np.ndarray | None = None,
     tile: int = 8,
+    grid: np.ndarray | None = None,
+    jacobian: np.ndarray | None = None,
 ) -> np.ndarray:
-    """An RGB uint8 montage: rows fixed, moving, warped (with the fixed labels' boundaries in red when given) and a
-    checkerboard of fixed and warped; columns the three mid slices (one for 2D). Intensities share one window."""
+    """An RGB uint8 montage: rows fixed, moving, warped (with the fixed labels' boundaries in red when given), a
+    checkerboard of fixed and warped, and when given a deformed grid and the Jacobian determinant (log scale: blue
+    shrinks, red grows, yellow folds); columns the three mid slices (one for 2D). Intensities share one window."""
     hi = float(np.percentile(fixed[fixed > 0], 99.5)) if np.any(fixed > 0) else 1.0
     hi = hi if hi > 0 else 1.0
 
@@ -41,11 +44,26 @@ def qc_picture(
         g = (np.clip(v / hi, 0, 1) * 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=-1)
 
+    def jet(v: np.ndarray) -> np.ndarray:
+        x = np.clip(np.log(np.clip(v, 1e-3, None)) / np.log(2.0), -1, 1)  # log2 det in [-1, 1]
+        rgb = np.stack([1 + np.minimum(x, 0), 1 - np.abs(x), 1 - np.maximum(x, 0)], -1)
+        out = (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+        out[v <= 0] = (255, 220, 0)
+        return out
+
     rows = []
-    for name, vol in (("fixed", fixed), ("moving", moving), ("warped", warped), ("check", None)):
+    named = [("fixed", fixed), ("moving", moving), ("warped", warped), ("check", None)]
+    named += [("grid", grid)] if grid is not None else []
+    named += [("jacobian", jacobian)] if jacobian is not None else []
+    for name, vol in named:
         tiles = []
         for i, view in enumerate(_views(fixed)):
-            if name == "check":
+            if name == "grid":
+                g = _views(vol)[i]
+                img = np.repeat((np.clip(1 - g, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+            elif name == "jacobian":
+                img = jet(_views(vol)[i])
+            elif name == "check":
                 w = _views(warped)[i]
                 yy, xx = np.indices(view.shape)
                 img = grey(

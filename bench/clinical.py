@@ -1,0 +1,199 @@
+"""Clinical pipeline benchmark (`rli2it register`): what the trip to and from the working grid costs in Dice, and
+end-to-end time and peak memory against ANTsPy SyN on the same pair.
+
+1. Dice: the held-out template pairs of ``data/brain3d`` registered (a) directly on the 2 mm arrays by the bundle
+   network (the bundle's numbers), (b) by the clinical pipeline from NIfTI files on the same 2 mm grid, and (c) by
+   the clinical pipeline with the moving scan stored on an oblique (10 degrees), anisotropic 1.2 x 1.5 x 1.0 mm
+   LPS grid; (b) and (c) with and without the affine pre-alignment. Dice GM/WM on the fixed grid.
+2. Time and memory: one pair upsampled to a 1 mm 182x218x182 grid, and the same pair at 2 mm: `rli2it register`
+   end to end (read, affine, agent, outputs written) in a fresh process, and ANTsPy ``SyN`` (affine + SyN,
+   defaults) on the same files, each process's peak resident memory.
+
+    python bench/clinical.py --pairs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+import torch  # noqa: E402
+
+from rli2it_med import clinical  # noqa: E402
+from rli2it_med.api import Registrator  # noqa: E402
+from rli2it_med.io import load_dataset  # noqa: E402
+from rli2it_med.registration.data import PairDataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "bundles" / "brain_mri_rl_registration"
+
+
+def gm_wm(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([2 * np.sum((a == v) & (b == v)) / max(np.sum(a == v) + np.sum(b == v), 1) for v in (2, 3)]))
+
+
+def oblique(img: sitk.Image, spacing, angle_deg: float, interpolator) -> sitk.Image:
+    a = np.radians(angle_deg)
+    rot = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])
+    direction = rot  # LPS-ordered axes, tilted
+    extent = np.asarray(img.GetSize()) * np.asarray(img.GetSpacing())
+    size = [int(e / s) + 8 for e, s in zip(extent, spacing)]
+    centre = np.asarray(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
+    origin = centre - direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
+    return sitk.Resample(img, size, sitk.Transform(), interpolator, tuple(origin), tuple(spacing),
+                         tuple(direction.ravel()), 0.0, img.GetPixelID())  # fmt: skip
+
+
+def dice_table(data: str, n: int, tmp: Path) -> list[dict]:
+    pairs = PairDataset.load(data, "test", "template")
+    _, meta = load_dataset(data, "test")
+    affine = np.asarray(meta["affine_3d"])
+    reg = Registrator.load(MODEL / "models" / "model.pt", "cpu")
+    net = clinical.load_network(MODEL, 3)
+    settings = ("bundle (arrays)", "files, same grid, no affine", "files, same grid, affine",
+                "files, oblique 1.2x1.5x1.0 mm moving, no affine", "files, oblique moving, affine")  # fmt: skip
+    rows = {k: [] for k in settings}
+    for i in range(min(n, len(pairs))):
+        p = pairs.get([i])
+        res = reg.register(p.fixed, p.moving, fixed_seg=p.fixed_seg, moving_seg=p.moving_seg)
+        rows["bundle (arrays)"].append(gm_wm(res.warped_seg[0, 0].numpy(), p.fixed_seg[0, 0].numpy()))
+        f = clinical._from_array_and_affine(p.fixed[0, 0].numpy(), affine)
+        m = clinical._from_array_and_affine(p.moving[0, 0].numpy(), affine)
+        fs = sitk.Cast(clinical._from_array_and_affine(p.fixed_seg[0, 0].numpy(), affine), sitk.sitkInt32)
+        ms = sitk.Cast(clinical._from_array_and_affine(p.moving_seg[0, 0].numpy(), affine), sitk.sitkInt32)
+        mo = oblique(m, (1.2, 1.5, 1.0), 10.0, sitk.sitkLinear)
+        mso = oblique(ms, (1.2, 1.5, 1.0), 10.0, sitk.sitkNearestNeighbor)
+        target = sitk.GetArrayFromImage(fs)
+        for key, moving, mseg, aff in (
+            ("files, same grid, no affine", m, ms, False),
+            ("files, same grid, affine", m, ms, True),
+            ("files, oblique 1.2x1.5x1.0 mm moving, no affine", mo, mso, False),
+            ("files, oblique moving, affine", mo, mso, True),
+        ):
+            out = clinical.register_images(f, moving, net, fs, mseg, affine=aff)
+            rows[key].append(gm_wm(sitk.GetArrayFromImage(out.warped_seg), target))
+        print(f"pair {i}: " + ", ".join(f"{v[-1]:.3f}" for v in rows.values()), file=sys.stderr)
+    base = np.mean(rows["bundle (arrays)"])
+    return [{"setting": k, "dice_gm_wm": float(np.mean(v)), "minus_bundle": float(np.mean(v) - base)}
+            for k, v in rows.items()]  # fmt: skip
+
+
+def make_files(data: str, tmp: Path, spacing_mm: float, shape: tuple[int, ...]) -> dict[str, Path]:
+    """Test pair 0 resampled (linear / nearest) onto a centred isotropic grid, written as NIfTI."""
+    pairs = PairDataset.load(data, "test", "template")
+    _, meta = load_dataset(data, "test")
+    affine = np.asarray(meta["affine_3d"])
+    p = pairs.get([0])
+    out = {}
+    for key, arr, interp in (("fixed", p.fixed, sitk.sitkLinear), ("moving", p.moving, sitk.sitkLinear),
+                             ("fixed_seg", p.fixed_seg, sitk.sitkNearestNeighbor),
+                             ("moving_seg", p.moving_seg, sitk.sitkNearestNeighbor)):  # fmt: skip
+        img = clinical._from_array_and_affine(
+            arr[0, 0].numpy().astype(np.float32) * (1000 if "seg" not in key else 1), affine
+        )
+        centre = np.asarray(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
+        direction = np.asarray(img.GetDirection()).reshape(3, 3)
+        origin = centre - direction @ (spacing_mm * (np.asarray(shape) - 1) / 2)
+        res = sitk.Resample(img, shape, sitk.Transform(), interp, tuple(origin), (spacing_mm,) * 3,
+                            img.GetDirection(), 0.0, sitk.sitkFloat32)  # fmt: skip
+        if "seg" in key:
+            res = sitk.Cast(res, sitk.sitkInt16)
+        out[key] = tmp / f"{key}_{spacing_mm:g}mm.nii.gz"
+        sitk.WriteImage(res, str(out[key]))
+    return out
+
+
+RUN_RLI2IT = """
+import sys, time, resource, json
+t = time.perf_counter()
+from rli2it_med.cli.main import main
+rc = main(["register", "--fixed", sys.argv[1], "--moving", sys.argv[2], "--fixed-seg", sys.argv[3],
+           "--moving-seg", sys.argv[4], "--warped-out", sys.argv[5] + "/w.nii.gz", "--warped-seg-out",
+           sys.argv[5] + "/ws.nii.gz", "--transform-out", sys.argv[5] + "/t.h5", "--stats-out", sys.argv[5] + "/s.json",
+           "--device", "cpu", "--threads", "2"])
+stats = json.load(open(sys.argv[5] + "/s.json"))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "peak_mb": peak, "dice": stats.get("dice")}))
+"""
+
+RUN_ANTS = """
+import sys, time, resource, json
+import ants, numpy as np
+t = time.perf_counter()
+f, m = ants.image_read(sys.argv[1]), ants.image_read(sys.argv[2])
+fs, ms = ants.image_read(sys.argv[3]), ants.image_read(sys.argv[4])
+reg = ants.registration(f, m, type_of_transform="SyN")
+w = ants.apply_transforms(f, ms, reg["fwdtransforms"], interpolator="nearestNeighbor")
+ants.image_write(reg["warpedmovout"], sys.argv[5] + "/ants_w.nii.gz")
+seconds = time.perf_counter() - t
+a, b = w.numpy(), fs.numpy()
+dice = {str(v): float(2 * np.sum((a == v) & (b == v)) / max(np.sum(a == v) + np.sum(b == v), 1)) for v in (1, 2, 3)}
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": seconds, "peak_mb": peak, "dice": dice}))
+"""
+
+
+def run(script: str, files: dict[str, Path], out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2", OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    args = [
+        sys.executable,
+        "-c",
+        script,
+        *(str(files[k]) for k in ("fixed", "moving", "fixed_seg", "moving_seg")),
+        str(out),
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT / "data" / "brain3d"))
+    parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--skip-dice", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    report: dict = {"date": time.strftime("%Y-%m-%d")}
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        if not args.skip_dice:
+            report["dice"] = dice_table(args.data, args.pairs, tmp)
+            print(f"\nDice GM/WM on {args.pairs} held-out 3D pairs (fixed grid)")
+            print("| setting | Dice GM/WM | minus the bundle's |\n|---|---|---|")
+            for r in report["dice"]:
+                print(f"| {r['setting']} | {r['dice_gm_wm']:.3f} | {r['minus_bundle']:+.3f} |")
+        report["timing"] = []
+        for mm, shape in ((2.0, (96, 112, 96)), (1.0, (182, 218, 182))):
+            files = make_files(args.data, tmp, mm, shape)
+            ours = run(RUN_RLI2IT, files, tmp / f"ours{mm:g}")
+            syn = run(RUN_ANTS, files, tmp / f"ants{mm:g}")
+            report["timing"].append({"grid": f"{mm:g} mm {'x'.join(map(str, shape))}", "rli2it": ours, "syn": syn})
+        print("\nOne pair end to end, fresh process each (2 threads)")
+        print(
+            "| grid | rli2it s | ANTsPy SyN s | SyN / rli2it | rli2it peak MB | SyN peak MB | Dice GM/WM rli2it | SyN |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for r in report["timing"]:
+            o, s = r["rli2it"], r["syn"]
+            dg = lambda d: (d["2"] + d["3"]) / 2  # noqa: E731
+            print(f"| {r['grid']} | {o['seconds']:.1f} | {s['seconds']:.1f} | {s['seconds'] / o['seconds']:.1f} | "
+                  f"{o['peak_mb']:.0f} | {s['peak_mb']:.0f} | {dg(o['dice']):.3f} | {dg(s['dice']):.3f} |")  # fmt: skip
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,697 @@
+"""Registration of real scans: any format, orientation, spacing and size in; outputs on the fixed image's grid.
+
+Pipeline of :func:`register_images`:
+
+1. read and validate both images (NIfTI, NRRD, MHA, a DICOM series folder, or an in-memory image);
+2. affine pre-alignment by mutual information (SimpleITK; rigid, then affine), giving ``A``: fixed-space point
+   -> moving-space point;
+3. resample both onto the model's working grid (2 mm, 96x112x96 in 3D / 128x128 in 2D, RAS-ordered axes as in
+   training, centred on the fixed image's foreground), the moving one through ``A``;
+4. the agent registers the working pair; its field ``u`` is a displacement transform ``W`` on the working grid;
+5. the composite ``T = A o W`` (``W`` first) is sampled on the fixed image's own grid as a dense displacement field
+   ``D(p) = T(p) - p`` in LPS millimetres, and the moving image and labels are resampled through ``D``.
+
+So ``SimpleITK.Resample(moving, fixed, DisplacementFieldTransform(D))`` is the warped output, whichever of the
+written transform files (``.h5``, ``.nii.gz``, ``.nrrd``) ``D`` is read back from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "WORKING_GRID",
+    "read_image",
+    "affine_prealign",
+    "working_grid",
+    "register_images",
+    "ClinicalResult",
+    "write_transform",
+    "read_transform",
+    "register",
+    "register_batch",
+    "load_network",
+    "as_kind",
+]
+
+SLICE_KEY = "rli2it:one_slice_volume"  # metadata of a 2D image read from a one-slice 3D file: its 3D geometry
+WORKING_GRID = {3: {"spacing": 2.0, "shape": (96, 112, 96)}, 2: {"spacing": 2.0, "shape": (128, 128)}}
+RAS_IN_LPS = {3: (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0), 2: (-1.0, 0.0, 0.0, -1.0)}
+
+
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+def _from_array_and_affine(array: np.ndarray, affine: np.ndarray) -> Any:
+    """A (X, Y[, Z]) array with a voxel-to-RAS affine as a SimpleITK image (LPS)."""
+    sitk = _sitk()
+    array = np.asarray(array)
+    nd = array.ndim
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(*reversed(range(nd)))).astype(np.float32))
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]
+    m, origin = lps[:, :3], lps[:, 3]
+    spacing = np.linalg.norm(m, axis=0)
+    direction = m / spacing
+    img.SetOrigin(tuple(origin[:nd]))
+    img.SetSpacing(tuple(spacing[:nd]))
+    img.SetDirection(tuple(direction[:nd, :nd].ravel()))
+    return img
+
+
+def read_image(source: Any, name: str = "image") -> Any:
+    """A SimpleITK image from what clinicians have, validated.
+
+    Args:
+        source: a path (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd``, or a folder holding one DICOM series), a
+            SimpleITK image, a nibabel image, a MONAI ``MetaTensor`` (its ``affine``), or an array (1 mm voxels at the
+            origin).
+        name: how errors refer to an in-memory source.
+
+    Raises:
+        FileNotFoundError / ValueError, one line naming the file and the problem.
+    """
+    sitk = _sitk()
+    label = name
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: not found")
+        try:
+            if path.is_dir():
+                ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+                if not ids:
+                    raise ValueError("no DICOM series in this folder")
+                files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), i) for i in ids), key=len)
+                img = sitk.ReadImage(files)
+            else:
+                _check_complete(path)
+                img = sitk.ReadImage(str(path))
+        except (RuntimeError, ValueError, OSError, EOFError) as e:
+            if "NaN" in str(e):
+                raise ValueError(f"{path}: {e}") from e
+            raise ValueError(f"{path}: not a readable image ({str(e).strip().splitlines()[-1]})") from e
+    elif isinstance(source, sitk.Image):
+        img = source
+    elif hasattr(source, "affine") and hasattr(source, "dataobj"):  # nibabel
+        img = _from_array_and_affine(np.asarray(source.dataobj, dtype=np.float32), source.affine)
+    elif isinstance(source, torch.Tensor) and hasattr(source, "affine"):  # MONAI MetaTensor, channel-first
+        array = source.detach().cpu().numpy()
+        array = array[0] if array.ndim in (3, 4) and array.shape[0] == 1 else array
+        img = _from_array_and_affine(array, np.asarray(source.affine))
+    elif isinstance(source, (np.ndarray, torch.Tensor)):
+        array = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(*reversed(range(array.ndim)))))
+    else:
+        raise TypeError(f"{name}: unsupported image type {type(source).__name__}")
+    return _validated(img, label)
+
+
+def _check_complete(path: Path) -> None:
+    """What ITK's NIfTI reader does not report: a truncated file (it fills the missing voxels with zeros) and NaN
+    voxels (it reads them as zeros). nibabel reads the voxels once more to find both."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    import nibabel as nib
+
+    data = np.asanyarray(nib.load(str(path)).dataobj)  # raises on a short file
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise ValueError("contains NaN or infinite voxels")
+
+
+def _validated(img: Any, label: str) -> Any:
+    sitk = _sitk()
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{label}: {img.GetNumberOfComponentsPerPixel()} components per voxel; expected one")
+    if img.GetDimension() == 4:
+        if img.GetSize()[3] != 1:
+            raise ValueError(f"{label}: 4D image (size {img.GetSize()}); give one volume")
+        img = sitk.Extract(img, (*img.GetSize()[:3], 0), (0, 0, 0, 0))
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:  # a one-slice volume is a 2D image
+        geometry = json.dumps({"origin": img.GetOrigin(), "spacing": img.GetSpacing(), "direction": img.GetDirection()})
+        img = sitk.Extract(img, (*img.GetSize()[:2], 0), (0, 0, 0))
+        img.SetMetaData(SLICE_KEY, geometry)
+    if img.GetDimension() not in (2, 3):
+        raise ValueError(f"{label}: {img.GetDimension()}D image; expected 2D or 3D")
+    array = sitk.GetArrayViewFromImage(img)
+    if array.size == 0:
+        raise ValueError(f"{label}: empty image")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{label}: contains NaN or infinite voxels")
+    if float(array.max()) == float(array.min()):
+        raise ValueError(f"{label}: constant image (every voxel {float(array.min())})")
+    out = sitk.Cast(img, sitk.sitkFloat32)
+    if img.HasMetaDataKey(SLICE_KEY):
+        out.SetMetaData(SLICE_KEY, img.GetMetaData(SLICE_KEY))
+    return out
+
+
+def as_slice_volume(img: Any, like: Any) -> Any:
+    """A 2D output back as the one-slice volume ``like`` was read from (its 3D origin, spacing and direction)."""
+    sitk = _sitk()
+    if img is None or not like.HasMetaDataKey(SLICE_KEY) or img.GetDimension() != 2:
+        return img
+    geometry = json.loads(like.GetMetaData(SLICE_KEY))
+    vol = sitk.JoinSeries(img)
+    vol.SetOrigin(geometry["origin"])
+    vol.SetSpacing(geometry["spacing"])
+    vol.SetDirection(geometry["direction"])
+    return vol
+
+
+def _same_grid(a: Any, b: Any, tol: float = 1e-4) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def read_segmentation(source: Any, image: Any, name: str = "segmentation") -> Any:
+    """A label map on the grid of ``image`` (error otherwise), as a 32-bit integer SimpleITK image."""
+    sitk = _sitk()
+    label = str(source) if isinstance(source, (str, Path)) else name
+    seg = read_image(source, name) if not isinstance(source, sitk.Image) else source
+    if seg.GetDimension() == 3 and seg.GetSize()[2] == 1:
+        seg = sitk.Extract(seg, (*seg.GetSize()[:2], 0), (0, 0, 0))
+    if not _same_grid(seg, image):
+        raise ValueError(
+            f"{label}: segmentation grid (size {seg.GetSize()}, spacing {seg.GetSpacing()}) differs from its image's"
+        )
+    return sitk.Cast(
+        sitk.Round(seg) if seg.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else seg, sitk.sitkInt32
+    )
+
+
+def _foreground_centre(img: Any) -> np.ndarray:
+    """Physical centre of the bounding box of voxels above 5 % of the 99th percentile."""
+    a = _sitk().GetArrayViewFromImage(img)
+    hi = float(np.percentile(a, 99))
+    idx = np.argwhere(a > 0.05 * hi) if hi > 0 else np.argwhere(np.ones_like(a, bool))
+    centre_zyx = (idx.min(0) + idx.max(0)) / 2.0
+    return np.asarray(img.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in centre_zyx[::-1])))
+
+
+def working_grid(fixed: Any) -> Any:
+    """The model's grid for this fixed image: 2 mm, RAS-ordered axes, centred on the fixed foreground."""
+    sitk = _sitk()
+    nd = fixed.GetDimension()
+    spec = WORKING_GRID[nd]
+    ref = sitk.Image(list(spec["shape"]), sitk.sitkFloat32)
+    ref.SetSpacing([spec["spacing"]] * nd)
+    ref.SetDirection(RAS_IN_LPS[nd])
+    centre = _foreground_centre(fixed)
+    half = np.asarray(ref.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in spec["shape"]]))
+    ref.SetOrigin(tuple(centre - half))  # origin was 0: shift the grid's centre onto the foreground centre
+    return ref
+
+
+def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
+    """Rigid then affine registration by Mattes mutual information on 4 / 2 mm pyramids; returns the affine
+    transform mapping fixed-space points to moving-space points."""
+    sitk = _sitk()
+    nd = fixed.GetDimension()
+
+    def run(initial: Any, iterations: int) -> Any:
+        reg = sitk.ImageRegistrationMethod()
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(0.2, seed)
+        reg.SetInterpolator(sitk.sitkLinear)
+        reg.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=1.0, minStep=1e-3, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
+        )
+        reg.SetOptimizerScalesFromPhysicalShift()
+        reg.SetShrinkFactorsPerLevel([2, 1])
+        reg.SetSmoothingSigmasPerLevel([2.0, 1.0])
+        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        reg.SetInitialTransform(initial, inPlace=False)
+        return reg.Execute(fixed2, moving2)
+
+    # both at 2 mm: the MI metric does not need more, and 1 mm scans stay fast
+    fixed2 = _at_spacing(fixed, 2.0)
+    moving2 = _at_spacing(moving, 2.0)
+    rigid0 = sitk.Euler3DTransform() if nd == 3 else sitk.Euler2DTransform()
+    rigid0 = sitk.CenteredTransformInitializer(fixed2, moving2, rigid0, sitk.CenteredTransformInitializerFilter.MOMENTS)
+    rigid = run(rigid0, 100)
+    affine = sitk.AffineTransform(nd)
+    rigid_tx = rigid.GetNthTransform(0) if isinstance(rigid, sitk.CompositeTransform) else rigid
+    rigid_tx = (sitk.Euler3DTransform if nd == 3 else sitk.Euler2DTransform)(rigid_tx)
+    affine.SetMatrix(rigid_tx.GetMatrix())
+    affine.SetTranslation(rigid_tx.GetTranslation())
+    affine.SetCenter(rigid_tx.GetCenter())
+    result = run(affine, 100)
+    result = result.GetNthTransform(0) if isinstance(result, sitk.CompositeTransform) else result
+    return sitk.AffineTransform(result)
+
+
+def _at_spacing(img: Any, spacing: float) -> Any:
+    """``img`` resampled (with smoothing when shrinking) to an isotropic grid of ``spacing`` mm covering it."""
+    sitk = _sitk()
+    old_sp, size = np.asarray(img.GetSpacing()), np.asarray(img.GetSize())
+    if np.all(old_sp >= spacing * 0.99):
+        return img
+    new_size = [max(1, int(round(s * o / spacing))) for s, o in zip(size, old_sp)]
+    # anti-aliasing: Gaussian of the FWHM that takes each axis from its spacing to ``spacing`` (tiny where none)
+    sigma = [max(1e-3 * o, (max(spacing**2 - o**2, 0.0)) ** 0.5 / 2.355) for o in old_sp]
+    smooth = sitk.SmoothingRecursiveGaussian(img, sigma)
+    return sitk.Resample(smooth, new_size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), [spacing] * len(size),
+                         img.GetDirection(), 0.0, sitk.sitkFloat32)  # fmt: skip
+
+
+def _to_working_array(img: Any) -> np.ndarray:
+    """(X, Y[, Z]) float32 array in [0, 1] (99.5th percentile above zero), the layout training used."""
+    a = _sitk().GetArrayFromImage(img)
+    a = np.ascontiguousarray(a.transpose(*reversed(range(a.ndim))))
+    positive = a[a > 0]
+    top = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+    return np.clip(a / (top if top > 0 else 1.0), 0, 1).astype(np.float32)
+
+
+TAPER = 8
+
+
+def _border_taper(shape: tuple[int, ...]) -> np.ndarray:
+    """1 inside, falling linearly to 0 at the outermost voxel over ``TAPER`` voxels on every face."""
+    weight = np.ones(shape)
+    for ax, n in enumerate(shape):
+        i = np.arange(n)
+        ramp = np.clip(np.minimum(i, n - 1 - i) / TAPER, 0, 1)
+        weight = weight * ramp.reshape([-1 if a == ax else 1 for a in range(len(shape))])
+    return weight
+
+
+@dataclass
+class ClinicalResult:
+    """Outputs on the fixed image's grid (SimpleITK images) and statistics.
+
+    Attributes:
+        warped: moving image resampled into the fixed space (linear).
+        displacement: the transform as a dense LPS displacement field (mm) on the fixed grid, fixed -> moving.
+        warped_seg: moving labels, nearest neighbour (None without ``moving_seg``).
+        jacobian: determinant of the Jacobian of ``p -> p + displacement(p)`` (the affine part included).
+        affine: the pre-alignment (None with ``affine=False``).
+        stats: Dice per label before/after (with both segmentations), folding %, Jacobian summary, seconds.
+    """
+
+    warped: Any
+    displacement: Any
+    warped_seg: Any | None
+    jacobian: Any
+    affine: Any | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def transform(self) -> Any:
+        return _sitk().DisplacementFieldTransform(_sitk().Cast(self.displacement, _sitk().sitkVectorFloat64))
+
+
+def register_images(
+    fixed: Any,
+    moving: Any,
+    net: Any,
+    fixed_seg: Any | None = None,
+    moving_seg: Any | None = None,
+    steps: int | None = None,
+    affine: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> ClinicalResult:
+    """Register ``moving`` onto ``fixed`` (see the module docstring); ``net`` is a
+    :class:`~rli2it_med.api.StepwiseRegistrationNet` of the images' dimension."""
+    sitk = _sitk()
+    start = time.perf_counter()
+    fixed, moving = read_image(fixed, "fixed"), read_image(moving, "moving")
+    if fixed.GetDimension() != moving.GetDimension():
+        raise ValueError(f"fixed is {fixed.GetDimension()}D but moving is {moving.GetDimension()}D")
+    nd = fixed.GetDimension()
+    if net.spatial_dims != nd:
+        raise ValueError(f"{nd}D images for a {net.spatial_dims}D model")
+    fseg = None if fixed_seg is None else read_segmentation(fixed_seg, fixed, "fixed_seg")
+    mseg = None if moving_seg is None else read_segmentation(moving_seg, moving, "moving_seg")
+
+    t0 = time.perf_counter()
+    pre = affine_prealign(fixed, moving, seed) if affine else sitk.AffineTransform(nd)
+    t_affine = time.perf_counter() - t0
+    ref = working_grid(fixed)
+    fixed_w = sitk.Resample(fixed, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    moving_w = sitk.Resample(moving, ref, pre, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    pair = torch.stack([torch.from_numpy(_to_working_array(i)) for i in (fixed_w, moving_w)])[None].to(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        u = net.to(device).eval().rollout(pair[:, :1], pair[:, 1:], steps)[0][0].cpu().double().numpy()
+    t_agent = time.perf_counter() - t0
+
+    # ITK treats points outside the working grid as not displaced: taper u to zero over its outer TAPER voxels so
+    # the composite stays continuous (no fold) where the fixed image extends beyond the working grid
+    u = u * _border_taper(u.shape[1:])
+    # working-grid voxel displacement (axis i = ITK index i) -> LPS mm, as a displacement transform W
+    direction = np.asarray(ref.GetDirection()).reshape(nd, nd)
+    mm = np.einsum("ij,j...->i...", direction * np.asarray(ref.GetSpacing()), u)  # (nd, X, Y[, Z])
+    vec = sitk.GetImageFromArray(np.moveaxis(mm, 0, -1).transpose(*reversed(range(nd)), nd), isVector=True)
+    vec.CopyInformation(ref)
+    composite = sitk.CompositeTransform(nd)
+    composite.AddTransform(pre)
+    composite.AddTransform(sitk.DisplacementFieldTransform(vec))  # applied first
+    to_field = sitk.TransformToDisplacementFieldFilter()
+    to_field.SetReferenceImage(fixed)
+    to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
+    displacement = to_field.Execute(composite)
+    transform = sitk.DisplacementFieldTransform(sitk.Image(displacement))
+    warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    warped_seg = None
+    if mseg is not None:
+        warped_seg = sitk.Resample(mseg, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
+    jacobian = sitk.DisplacementFieldJacobianDeterminant(displacement)
+    seconds = time.perf_counter() - start
+
+    jac = sitk.GetArrayViewFromImage(jacobian)
+    stats: dict[str, Any] = {
+        "seconds": seconds,
+        "seconds_affine": t_affine,
+        "seconds_agent": t_agent,
+        "folding_percent": float((jac <= 0).mean() * 100),
+        "jacobian_min": float(jac.min()),
+        "jacobian_max": float(jac.max()),
+        "jacobian_mean": float(jac.mean()),
+        "affine": affine,
+    }
+    if fseg is not None and mseg is not None:
+        f = sitk.GetArrayViewFromImage(fseg)
+        before = sitk.GetArrayFromImage(
+            sitk.Resample(mseg, fixed, pre, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
+        )
+        after = sitk.GetArrayViewFromImage(warped_seg)
+        labels = [int(v) for v in np.unique(f) if v != 0]
+        dice = lambda a, v: float(2 * np.sum((a == v) & (f == v)) / max(np.sum(a == v) + np.sum(f == v), 1))  # noqa: E731
+        stats["dice_affine"] = {str(v): dice(before, v) for v in labels}
+        stats["dice"] = {str(v): dice(after, v) for v in labels}
+        stats["dice_mean"] = float(np.mean(list(stats["dice"].values()))) if labels else float("nan")
+    return ClinicalResult(warped, displacement, warped_seg, jacobian, pre if affine else None, stats)
+
+
+def write_transform(path: str | Path, displacement: Any) -> None:
+    """Write the displacement field as ``.h5``/``.tfm`` (ITK ``DisplacementFieldTransform``), ``.nii``/``.nii.gz``
+    (vector intent, dim[5] = 3) or ``.nrrd`` (vector kind), atomically."""
+    from rli2it_med.io import atomic_output
+
+    sitk = _sitk()
+    path = Path(path)
+    name = path.name.lower()
+    with atomic_output(path) as tmp:
+        if name.endswith((".h5", ".hdf5", ".tfm")):
+            sitk.WriteTransform(sitk.DisplacementFieldTransform(sitk.Image(displacement)), str(tmp))
+        elif name.endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")):
+            sitk.WriteImage(displacement, str(tmp), True)  # compressed
+        else:
+            raise ValueError(f"{path}: unknown transform format (use .h5, .nii.gz or .nrrd)")
+
+
+def read_transform(path: str | Path) -> Any:
+    """A displacement-field transform from any file :func:`write_transform` writes."""
+    sitk = _sitk()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        if path.name.lower().endswith((".h5", ".hdf5", ".tfm")):
+            tx = sitk.ReadTransform(str(path))
+            tx = (
+                tx.GetNthTransform(0)
+                if isinstance(tx, sitk.CompositeTransform) and tx.GetNumberOfTransforms() == 1
+                else tx
+            )
+            return sitk.DisplacementFieldTransform(tx) if tx.GetName() == "DisplacementFieldTransform" else tx
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not a readable transform ({str(e).strip().splitlines()[-1]})") from e
+    if img.GetNumberOfComponentsPerPixel() != img.GetDimension():
+        raise ValueError(f"{path}: not a displacement field ({img.GetNumberOfComponentsPerPixel()} components)")
+    return sitk.DisplacementFieldTransform(sitk.Cast(img, sitk.sitkVectorFloat64))
+
+
+# ------------------------------------------------------------------------------------------------ files and batch
+
+DEFAULT_BUNDLES = {3: "brain_mri_rl_registration", 2: "brain_mri_rl_registration_2d"}
+
+
+def load_network(model: str | Path | None, spatial_dims: int) -> Any:
+    """The network of a bundle folder (its ``models/model.pt``) or of a checkpoint; ``None``: the shipped brain MRI
+    bundle of that dimension."""
+    from rli2it_med.api import StepwiseRegistrationNet
+    from rli2it_med.bundle import bundle_root
+
+    if model is None:
+        model = bundle_root(DEFAULT_BUNDLES[spatial_dims])
+    path = Path(model)
+    if path.is_dir():
+        path = path / "models" / "model.pt"
+    net = StepwiseRegistrationNet.from_checkpoint(path)
+    if net.spatial_dims != spatial_dims:
+        raise ValueError(f"{path}: a {net.spatial_dims}D model for {spatial_dims}D images")
+    return net
+
+
+def image_dimension(source: Any) -> int:
+    """2 or 3, after the same validation as :func:`read_image`."""
+    return read_image(source).GetDimension()
+
+
+def write_image(path: str | Path, image: Any) -> None:
+    """Write a SimpleITK image (format from the extension: .nii.gz, .nrrd, .mha ...) atomically."""
+    from rli2it_med.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        _sitk().WriteImage(image, str(tmp), True)
+
+
+def check_writable(paths: list[str | Path | None]) -> None:
+    """Fail before any work when an output's folder cannot be created or written."""
+    import os
+
+    for p in paths:
+        if p is None:
+            continue
+        folder = Path(p).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{folder}: output directory cannot be created ({e.strerror})") from e
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"{folder}: output directory not writable")
+
+
+def qc_figure(result: ClinicalResult, fixed: Any, moving: Any, fixed_seg: Any | None = None) -> np.ndarray:
+    """The QC picture of a clinical registration: fixed, moving (affinely placed in the fixed space), warped,
+    checkerboard, deformed grid and the Jacobian determinant map, three mid slices each."""
+    from rli2it_med.registration.qc import qc_picture
+
+    sitk = _sitk()
+    fixed = read_image(fixed)
+    moving = read_image(moving)
+    pre = result.affine if result.affine is not None else sitk.Transform()
+    moved = sitk.Resample(moving, fixed, pre, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    spacing = fixed.GetSpacing()
+    grid = sitk.GridSource(
+        sitk.sitkFloat32, fixed.GetSize(), sigma=[0.5 * s for s in spacing], gridSpacing=[8 * s for s in spacing],
+        gridOffset=fixed.GetOrigin(), spacing=spacing, origin=fixed.GetOrigin(), direction=fixed.GetDirection(),
+    )  # fmt: skip
+    deformed = sitk.Resample(grid, fixed, result.transform, sitk.sitkLinear, 1.0, sitk.sitkFloat32)
+    arr = lambda img: np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose())  # noqa: E731
+    seg = None if fixed_seg is None else arr(read_segmentation(fixed_seg, fixed))
+    return qc_picture(
+        arr(fixed), arr(moved), arr(result.warped), seg, grid=arr(deformed), jacobian=arr(result.jacobian)
+    )
+
+
+def save_outputs(
+    result: ClinicalResult,
+    fixed: Any,
+    moving: Any,
+    fixed_seg: Any | None = None,
+    warped_out: str | Path | None = None,
+    warped_seg_out: str | Path | None = None,
+    transform_out: str | Path | None = None,
+    jacobian_out: str | Path | None = None,
+    qc_out: str | Path | None = None,
+    stats_out: str | Path | None = None,
+) -> None:
+    """Write whichever outputs are asked for, each atomically; the statistics last (a batch's completion mark)."""
+    from rli2it_med.io import save_json, save_png
+
+    like = read_image(fixed, "fixed")
+    if warped_out:
+        write_image(warped_out, as_slice_volume(result.warped, like))
+    if warped_seg_out:
+        if result.warped_seg is None:
+            raise ValueError("--warped-seg-out needs --moving-seg")
+        write_image(warped_seg_out, as_slice_volume(result.warped_seg, like))
+    if transform_out:
+        write_transform(transform_out, result.displacement)
+    if jacobian_out:
+        write_image(jacobian_out, as_slice_volume(result.jacobian, like))
+    if qc_out:
+        save_png(qc_out, qc_figure(result, fixed, moving, fixed_seg))
+    if stats_out:
+        save_json(stats_out, result.stats)
+
+
+BATCH_COLUMNS = ("fixed", "moving", "fixed_seg", "moving_seg", "id")
+
+
+def read_pairs_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a pairs CSV: columns ``fixed``, ``moving`` and optionally ``fixed_seg``, ``moving_seg``, ``id``
+    (default: the row number); relative paths are read from the CSV's folder."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"fixed", "moving"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected a header with at least 'fixed' and 'moving' columns")
+    unknown = set(rows[0]) - set(BATCH_COLUMNS)
+    if unknown:
+        raise ValueError(f"{path}: unknown columns {sorted(unknown)}; known: {list(BATCH_COLUMNS)}")
+    out = []
+    for i, row in enumerate(rows):
+        item = {k: (str((path.parent / v).resolve()) if v and k != "id" else v) for k, v in row.items() if v}
+        item["id"] = row.get("id") or f"pair{i:04d}"
+        out.append(item)
+    ids = [r["id"] for r in out]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: repeated ids")
+    return out
+
+
+def register_batch(
+    pairs_csv: str | Path,
+    out_dir: str | Path,
+    model: str | Path | None = None,
+    steps: int | None = None,
+    affine: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Register every row of ``pairs_csv`` into ``out_dir/<id>/`` (warped, warped_seg, transform.h5,
+    jacobian, qc.png, stats.json) and write ``summary.csv`` / ``summary.json``. A model is loaded once per
+    dimension; a pair whose ``stats.json`` exists is skipped (re-runs resume); a failing pair is reported and the
+    rest go on."""
+    import csv
+    import io as _io
+
+    from tqdm.auto import tqdm
+
+    from rli2it_med.io import atomic_write_bytes, save_json
+
+    out_dir = Path(out_dir)
+    check_writable([out_dir / "summary.json"])
+    rows = read_pairs_csv(pairs_csv)
+    nets: dict[int, Any] = {}
+    results: list[dict[str, Any]] = []
+    for row in tqdm(rows, disable=not progress, desc="register", unit="pair"):
+        folder = out_dir / row["id"]
+        entry: dict[str, Any] = {"id": row["id"], "fixed": row["fixed"], "moving": row["moving"]}
+        if (folder / "stats.json").is_file():
+            from rli2it_med.io import load_json
+
+            results.append(entry | {"status": "done before"} | _flat(load_json(folder / "stats.json")))
+            continue
+        try:
+            nd = image_dimension(row["fixed"])
+            if nd not in nets:
+                nets[nd] = load_network(model, nd)
+            result = register_images(row["fixed"], row["moving"], nets[nd], row.get("fixed_seg"),
+                                     row.get("moving_seg"), steps, affine, seed, device)  # fmt: skip
+            save_outputs(
+                result, row["fixed"], row["moving"], row.get("fixed_seg"),
+                warped_out=folder / "warped.nii.gz",
+                warped_seg_out=folder / "warped_seg.nii.gz" if row.get("moving_seg") else None,
+                transform_out=folder / "transform.h5",
+                jacobian_out=folder / "jacobian.nii.gz",
+                qc_out=folder / "qc.png",
+                stats_out=folder / "stats.json",
+            )  # fmt: skip
+            results.append(entry | {"status": "ok"} | _flat(result.stats))
+        except Exception as e:  # noqa: BLE001 - one bad pair is reported, the batch goes on
+            results.append(entry | {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+    failed = [r for r in results if r["status"] == "failed"]
+    keys = list(dict.fromkeys(k for r in results for k in r))
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(results)
+    atomic_write_bytes(out_dir / "summary.csv", buffer.getvalue().encode())
+    save_json(out_dir / "summary.json", {"pairs": results, "failed": len(failed)})
+    return {"pairs": len(results), "failed": failed}
+
+
+def _flat(stats: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in stats.items():
+        if isinstance(v, dict):
+            out.update({f"{k}_{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def as_kind(img: Any, example: Any) -> Any:
+    """``img`` (SimpleITK) as the kind of ``example``: SimpleITK image, nibabel image, MONAI MetaTensor (channel
+    first, RAS affine), tensor or array ((X, Y[, Z]) order); a path gives a SimpleITK image."""
+    sitk = _sitk()
+    if img is None or isinstance(example, (sitk.Image, str, Path)):
+        return img
+    array = sitk.GetArrayFromImage(img)
+    array = np.ascontiguousarray(array.transpose(*reversed(range(img.GetDimension()))))
+    # outputs are on the fixed grid: an example with an affine lends its own (and its one-slice shape)
+    if hasattr(example, "affine") and hasattr(example, "dataobj"):
+        import nibabel as nib
+
+        return nib.Nifti1Image(array.reshape(example.shape), np.asarray(example.affine))
+    if isinstance(example, torch.Tensor) and hasattr(example, "affine"):
+        from monai.data import MetaTensor
+
+        return MetaTensor(torch.from_numpy(array).reshape(example.shape), affine=example.affine.clone())
+    if isinstance(example, torch.Tensor):
+        return torch.from_numpy(array)
+    return array
+
+
+def register(
+    fixed: Any,
+    moving: Any,
+    fixed_seg: Any | None = None,
+    moving_seg: Any | None = None,
+    model: str | Path | None = None,
+    steps: int | None = None,
+    affine: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+) -> ClinicalResult:
+    """Register two scans given as paths, SimpleITK or nibabel images, MONAI MetaTensors or arrays.
+
+    ``warped``, ``warped_seg`` and ``jacobian`` come back as the kind of ``fixed`` (a path gives SimpleITK images);
+    ``displacement`` stays a SimpleITK vector image (``result.transform`` is the ITK transform).
+    """
+    from rli2it_med.api import resolve_device
+
+    net = load_network(model, image_dimension(fixed))
+    result = register_images(fixed, moving, net, fixed_seg, moving_seg, steps, affine, seed, resolve_device(device))
+    result.warped = as_kind(result.warped, fixed)
+    result.warped_seg = as_kind(result.warped_seg, fixed)
+    result.jacobian = as_kind(result.jacobian, fixed)
+    return result
