@@ -389,9 +389,7 @@ def register_images(
     }
     if fseg is not None and mseg is not None:
         f = sitk.GetArrayViewFromImage(fseg)
-        before = sitk.GetArrayFromImage(
-            sitk.Resample(mseg, fixed, pre, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
-        )
+        before = sitk.GetArrayFromImage(sitk.Resample(mseg, fixed, pre, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32))
         after = sitk.GetArrayViewFromImage(warped_seg)
         labels = [int(v) for v in np.unique(f) if v != 0]
         dice = lambda a, v: float(2 * np.sum((a == v) & (f == v)) / max(np.sum(a == v) + np.sum(f == v), 1))  # noqa: E731
