@@ -170,9 +170,12 @@ def run_bundle(args, **kwargs):
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
 
 
-TINY = ["--train#trainer#" + kv for kv in (
-    "env_batch 2", "batch_size 2", "updates_per_round 1", "bootstrap_rounds 1", "val_pairs 2", "buffer_episodes 8",
-)]  # fmt: skip
+TINY = [
+    arg
+    for kv in ("env_batch 2", "batch_size 2", "updates_per_round 1", "bootstrap_rounds 1", "val_pairs 2",
+               "buffer_episodes 8")  # fmt: skip
+    for arg in ("--train#trainer#" + kv.split()[0], kv.split()[1])
+]
 
 
 def test_torchrun_two_processes_gloo_leave_one_checkpoint(tmp_path, data2d):

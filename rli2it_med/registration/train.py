@@ -282,6 +282,7 @@ def train(
     def checkpoint() -> None:
         nonlocal summary
         state["elapsed"] = elapsed()
+        state["checkpointed_at"] = sac.n_updates
         env_seed = int(env._rng.integers(2**31))
         env._rng = np.random.default_rng(env_seed)
         if not writer:
@@ -340,7 +341,8 @@ def train(
         if sac.n_updates >= next_eval:
             checkpoint()
             next_eval += cfg.eval_every
-    checkpoint()
+    if state.get("checkpointed_at") != sac.n_updates:
+        checkpoint()
     bar.close()
     return {
         "val": summary,
