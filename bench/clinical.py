@@ -115,7 +115,7 @@ def make_files(data: str, tmp: Path, spacing_mm: float, shape: tuple[int, ...]) 
 
 
 RUN_RLI2IT = """
-import sys, time, resource, json
+import sys, time, json
 t = time.perf_counter()
 from rli2it_med.cli.main import main
 rc = main(["register", "--fixed", sys.argv[1], "--moving", sys.argv[2], "--fixed-seg", sys.argv[3],
@@ -123,12 +123,12 @@ rc = main(["register", "--fixed", sys.argv[1], "--moving", sys.argv[2], "--fixed
            sys.argv[5] + "/ws.nii.gz", "--transform-out", sys.argv[5] + "/t.h5", "--stats-out", sys.argv[5] + "/s.json",
            "--device", "cpu", "--threads", "2"])
 stats = json.load(open(sys.argv[5] + "/s.json"))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
 print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "peak_mb": peak, "dice": stats.get("dice")}))
 """
 
 RUN_ANTS = """
-import sys, time, resource, json
+import sys, time, json
 import ants, numpy as np
 t = time.perf_counter()
 f, m = ants.image_read(sys.argv[1]), ants.image_read(sys.argv[2])
@@ -139,7 +139,7 @@ ants.image_write(reg["warpedmovout"], sys.argv[5] + "/ants_w.nii.gz")
 seconds = time.perf_counter() - t
 a, b = w.numpy(), fs.numpy()
 dice = {str(v): float(2 * np.sum((a == v) & (b == v)) / max(np.sum(a == v) + np.sum(b == v), 1)) for v in (1, 2, 3)}
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
 print(json.dumps({"seconds": seconds, "peak_mb": peak, "dice": dice}))
 """
 

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rli2it_med.registration.metrics import jacobian_determinant
+
 __all__ = [
     "WORKING_GRID",
     "read_image",
@@ -213,13 +215,25 @@ def working_grid(fixed: Any) -> Any:
     ref.SetDirection(RAS_IN_LPS[nd])
     centre = _foreground_centre(fixed)
     half = np.asarray(ref.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in spec["shape"]]))
-    ref.SetOrigin(tuple(centre - half))  # origin was 0: shift the grid's centre onto the foreground centre
+    origin = centre - half  # origin was 0: shift the grid's centre onto the foreground centre
+    if np.allclose(fixed.GetSpacing(), ref.GetSpacing(), atol=1e-3) and np.allclose(
+        fixed.GetDirection(), ref.GetDirection(), atol=1e-4
+    ):
+        # the fixed image already has the working spacing and axes: snap onto its voxel lattice, so resampling it
+        # (and a moving image on the same grid) is exact, without interpolation blur
+        index = np.round(fixed.TransformPhysicalPointToContinuousIndex(tuple(origin)))
+        origin = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in index)))
+    ref.SetOrigin(tuple(origin))
     return ref
 
 
+AFFINE_SPACING = 4.0
+
+
 def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
-    """Rigid then affine registration by Mattes mutual information on 4 / 2 mm pyramids; returns the affine
-    transform mapping fixed-space points to moving-space points."""
+    """Rigid then affine registration by Mattes mutual information on images resampled to ``AFFINE_SPACING`` mm
+    (two pyramid levels, twice that and that); returns the affine transform mapping fixed-space points to
+    moving-space points. The agent corrects what an affine fit at that scale leaves."""
     sitk = _sitk()
     nd = fixed.GetDimension()
 
@@ -234,14 +248,13 @@ def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
         )
         reg.SetOptimizerScalesFromPhysicalShift()
         reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([2.0, 1.0])
+        reg.SetSmoothingSigmasPerLevel([AFFINE_SPACING, AFFINE_SPACING / 2])
         reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         reg.SetInitialTransform(initial, inPlace=False)
         return reg.Execute(fixed2, moving2)
 
-    # both at 2 mm: the MI metric does not need more, and 1 mm scans stay fast
-    fixed2 = _at_spacing(fixed, 2.0)
-    moving2 = _at_spacing(moving, 2.0)
+    fixed2 = _at_spacing(fixed, AFFINE_SPACING)
+    moving2 = _at_spacing(moving, AFFINE_SPACING)
     rigid0 = sitk.Euler3DTransform() if nd == 3 else sitk.Euler2DTransform()
     rigid0 = sitk.CenteredTransformInitializer(fixed2, moving2, rigid0, sitk.CenteredTransformInitializerFilter.MOMENTS)
     rigid = run(rigid0, 100)
@@ -298,23 +311,25 @@ class ClinicalResult:
 
     Attributes:
         warped: moving image resampled into the fixed space (linear).
-        displacement: the transform as a dense LPS displacement field (mm) on the fixed grid, fixed -> moving.
+        transform: the registration as an ITK ``DisplacementFieldTransform`` on the fixed grid (LPS mm,
+            fixed -> moving, affine included); ``displacement`` is its field as an image.
         warped_seg: moving labels, nearest neighbour (None without ``moving_seg``).
-        jacobian: determinant of the Jacobian of ``p -> p + displacement(p)`` (the affine part included).
+        jacobian: determinant of the transform's Jacobian on the fixed grid, ``det(A) * det(J_W)``.
         affine: the pre-alignment (None with ``affine=False``).
-        stats: Dice per label before/after (with both segmentations), folding %, Jacobian summary, seconds.
+        stats: Dice per label after the affine and after registration (with both segmentations), folding %,
+            Jacobian summary, seconds.
     """
 
     warped: Any
-    displacement: Any
+    transform: Any
     warped_seg: Any | None
     jacobian: Any
     affine: Any | None
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def transform(self) -> Any:
-        return _sitk().DisplacementFieldTransform(_sitk().Cast(self.displacement, _sitk().sitkVectorFloat64))
+    def displacement(self) -> Any:
+        return self.transform.GetDisplacementField()
 
 
 def register_images(
@@ -367,13 +382,18 @@ def register_images(
     to_field = sitk.TransformToDisplacementFieldFilter()
     to_field.SetReferenceImage(fixed)
     to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
-    displacement = to_field.Execute(composite)
-    transform = sitk.DisplacementFieldTransform(sitk.Image(displacement))
+    transform = sitk.DisplacementFieldTransform(to_field.Execute(composite))  # owns the field: no copy
     warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     warped_seg = None
     if mseg is not None:
         warped_seg = sitk.Resample(mseg, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32)
-    jacobian = sitk.DisplacementFieldJacobianDeterminant(displacement)
+    # chain rule, T = A o W: det J_T(p) = det(A) det J_W(p); J_W from the working grid (cheap), then onto the fixed
+    # grid (outside the working grid W is the identity)
+    det_w = jacobian_determinant(torch.from_numpy(u)[None])[0].numpy()
+    det_img = sitk.GetImageFromArray(np.ascontiguousarray(det_w.transpose(*reversed(range(nd)))))
+    det_img.CopyInformation(ref)
+    det_a = float(np.linalg.det(np.asarray(pre.GetMatrix()).reshape(nd, nd)))
+    jacobian = sitk.Resample(det_img, fixed, sitk.Transform(), sitk.sitkLinear, 1.0, sitk.sitkFloat32) * det_a
     seconds = time.perf_counter() - start
 
     jac = sitk.GetArrayViewFromImage(jacobian)
@@ -396,12 +416,12 @@ def register_images(
         stats["dice_affine"] = {str(v): dice(before, v) for v in labels}
         stats["dice"] = {str(v): dice(after, v) for v in labels}
         stats["dice_mean"] = float(np.mean(list(stats["dice"].values()))) if labels else float("nan")
-    return ClinicalResult(warped, displacement, warped_seg, jacobian, pre if affine else None, stats)
+    return ClinicalResult(warped, transform, warped_seg, jacobian, pre if affine else None, stats)
 
 
-def write_transform(path: str | Path, displacement: Any) -> None:
-    """Write the displacement field as ``.h5``/``.tfm`` (ITK ``DisplacementFieldTransform``), ``.nii``/``.nii.gz``
-    (vector intent, dim[5] = 3) or ``.nrrd`` (vector kind), atomically."""
+def write_transform(path: str | Path, transform: Any) -> None:
+    """Write a displacement-field transform as ``.h5``/``.tfm`` (ITK ``DisplacementFieldTransform``),
+    ``.nii``/``.nii.gz`` (vector intent, dim[5] = 3) or ``.nrrd`` (vector kind), atomically."""
     from rli2it_med.io import atomic_output
 
     sitk = _sitk()
@@ -409,11 +429,32 @@ def write_transform(path: str | Path, displacement: Any) -> None:
     name = path.name.lower()
     with atomic_output(path) as tmp:
         if name.endswith((".h5", ".hdf5", ".tfm")):
-            sitk.WriteTransform(sitk.DisplacementFieldTransform(sitk.Image(displacement)), str(tmp))
+            sitk.WriteTransform(transform, str(tmp))
         elif name.endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")):
-            sitk.WriteImage(displacement, str(tmp), True)  # compressed
+            sitk.WriteImage(transform.GetDisplacementField(), str(tmp), True)  # compressed
         else:
             raise ValueError(f"{path}: unknown transform format (use .h5, .nii.gz or .nrrd)")
+
+
+def jacobian_map(transform: Any, reference: Any) -> Any:
+    """Determinant of the Jacobian of ``p -> transform(p)`` on the grid of ``reference``, by central differences
+    in physical space (ITK's ``DisplacementFieldJacobianDeterminantFilter`` ignores the image direction, which is
+    wrong for the RAS-ordered and oblique grids of clinical scans)."""
+    sitk = _sitk()
+    nd = reference.GetDimension()
+    to_field = sitk.TransformToDisplacementFieldFilter()
+    to_field.SetReferenceImage(reference)
+    to_field.SetOutputPixelType(sitk.sitkVectorFloat32)
+    field_zyx = sitk.GetArrayFromImage(to_field.Execute(transform))  # (*S reversed, nd)
+    index_to_mm = np.asarray(reference.GetDirection()).reshape(nd, nd) * np.asarray(reference.GetSpacing())
+    mm_to_index = np.linalg.inv(index_to_mm).astype(np.float32)
+    # d field / d index (numpy axes run z, y, x: reverse to index order i, j, k)
+    grads = np.gradient(field_zyx, axis=tuple(range(nd)))[::-1]
+    jac = np.stack(grads, axis=-1)  # (..., component, index axis)
+    jac = jac @ mm_to_index + np.eye(nd, dtype=np.float32)
+    det = sitk.GetImageFromArray(np.linalg.det(jac).astype(np.float32))
+    det.CopyInformation(reference)
+    return det
 
 
 def read_transform(path: str | Path) -> Any:
@@ -536,7 +577,7 @@ def save_outputs(
             raise ValueError("--warped-seg-out needs --moving-seg")
         write_image(warped_seg_out, as_slice_volume(result.warped_seg, like))
     if transform_out:
-        write_transform(transform_out, result.displacement)
+        write_transform(transform_out, result.transform)
     if jacobian_out:
         write_image(jacobian_out, as_slice_volume(result.jacobian, like))
     if qc_out:
@@ -683,7 +724,7 @@ def register(
     """Register two scans given as paths, SimpleITK or nibabel images, MONAI MetaTensors or arrays.
 
     ``warped``, ``warped_seg`` and ``jacobian`` come back as the kind of ``fixed`` (a path gives SimpleITK images);
-    ``displacement`` stays a SimpleITK vector image (``result.transform`` is the ITK transform).
+    ``transform`` stays an ITK ``DisplacementFieldTransform`` (``displacement``: its field as a SimpleITK image).
     """
     from rli2it_med.api import resolve_device
 

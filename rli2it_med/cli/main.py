@@ -153,10 +153,7 @@ def _jacobian(args: argparse.Namespace) -> int:
     fixed = clinical.read_image(args.fixed)
     transform = clinical.read_transform(args.transform)
     clinical.check_writable([args.out])
-    to_field = sitk.TransformToDisplacementFieldFilter()
-    to_field.SetReferenceImage(fixed)
-    to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
-    det = sitk.DisplacementFieldJacobianDeterminant(to_field.Execute(transform))
+    det = clinical.jacobian_map(transform, fixed)
     a = sitk.GetArrayFromImage(det)
     folding = float((a <= 0).mean() * 100)
     if args.log:
