@@ -111,12 +111,16 @@ def _register(args: argparse.Namespace) -> int:
     clinical.check_writable(outputs)
     if args.warped_seg_out and not args.moving_seg:
         raise ValueError("--warped-seg-out needs --moving-seg")
-    net = clinical.load_network(args.model, clinical.image_dimension(args.fixed))
+    fixed = clinical.read_image(args.fixed, "fixed")  # each file is read (and checked) once
+    moving = clinical.read_image(args.moving, "moving")
+    fixed_seg = None if args.fixed_seg is None else clinical.read_segmentation(args.fixed_seg, fixed)
+    moving_seg = None if args.moving_seg is None else clinical.read_segmentation(args.moving_seg, moving)
+    net = clinical.load_network(args.model, fixed.GetDimension())
     result = clinical.register_images(
-        args.fixed, args.moving, net, args.fixed_seg, args.moving_seg, args.steps, args.affine, args.seed, device
+        fixed, moving, net, fixed_seg, moving_seg, args.steps, args.affine, args.seed, device
     )
     clinical.save_outputs(
-        result, args.fixed, args.moving, args.fixed_seg, args.warped_out, args.warped_seg_out, args.transform_out,
+        result, fixed, moving, fixed_seg, args.warped_out, args.warped_seg_out, args.transform_out,
         args.jacobian_out, args.qc_out, args.stats_out,
     )  # fmt: skip
     st = result.stats

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.utils import look_up_option
 
 from rli2it_med.registration.data import Pair, PairDataset
 from rli2it_med.registration.rewards import kmeans_labels, mean_dice
@@ -49,7 +48,8 @@ class EnvConfig:
     bonus_threshold: float = 1.0
 
     def __post_init__(self) -> None:
-        look_up_option(self.reward, REWARD_MODES)
+        if self.reward not in REWARD_MODES:
+            raise ValueError(f"reward must be one of {sorted(REWARD_MODES)}, got {self.reward!r}")
         if self.max_steps < 1 or self.max_step <= 0:
             raise ValueError(f"max_steps must be >= 1 and max_step > 0, got {self.max_steps}, {self.max_step}")
 

@@ -9,8 +9,6 @@ measures both. (Float32 cumulative sums are not enough: their rounding swamps th
 from __future__ import annotations
 
 import torch
-from monai.losses import BendingEnergyLoss, DiffusionLoss
-from monai.utils import look_up_option
 from torch import nn
 
 __all__ = ["LocalNCC", "box_sum", "total_variation", "SMOOTHNESS", "smoothness_loss", "RegistrationLoss"]
@@ -82,19 +80,29 @@ def total_variation(ddf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
 
 
 def _diffusion(ddf: torch.Tensor) -> torch.Tensor:
+    from monai.losses import DiffusionLoss
+
     return DiffusionLoss()(ddf)
 
 
 def _bending(ddf: torch.Tensor) -> torch.Tensor:
+    from monai.losses import BendingEnergyLoss
+
     return BendingEnergyLoss()(ddf)
 
 
 SMOOTHNESS = {"diffusion": _diffusion, "bending": _bending, "tv": total_variation}
 
 
+def _smoothness(kind: str):
+    if kind not in SMOOTHNESS:
+        raise ValueError(f"smoothness must be one of {sorted(SMOOTHNESS)}, got {kind!r}")
+    return SMOOTHNESS[kind]
+
+
 def smoothness_loss(ddf: torch.Tensor, kind: str = "diffusion") -> torch.Tensor:
     """Smoothness penalty of a (B, ndim, *S) field; ``kind`` is one of :data:`SMOOTHNESS`."""
-    return look_up_option(kind, SMOOTHNESS)(ddf)
+    return _smoothness(kind)(ddf)
 
 
 class RegistrationLoss(nn.Module):
@@ -111,7 +119,7 @@ class RegistrationLoss(nn.Module):
         self, spatial_dims: int, kernel_size: int = 9, smooth_weight: float = 1.0, smoothness: str = "diffusion"
     ) -> None:
         super().__init__()
-        look_up_option(smoothness, SMOOTHNESS)
+        _smoothness(smoothness)
         self.ncc = LocalNCC(spatial_dims, kernel_size)
         self.smooth_weight = smooth_weight
         self.smoothness = smoothness

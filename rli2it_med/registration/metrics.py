@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.metrics import compute_hausdorff_distance
 
 __all__ = ["one_hot_labels", "dice_per_label", "hd95_per_label", "jacobian_determinant", "folding_percent"]
 
@@ -38,6 +37,8 @@ def hd95_per_label(
     """95th-percentile symmetric Hausdorff distance per label (MONAI), shape (B, len(labels)), in spacing units."""
     p = one_hot_labels(pred, labels).float()
     t = one_hot_labels(target, labels).float()
+    from monai.metrics import compute_hausdorff_distance  # deferred: importing MONAI costs ~2 s at start-up
+
     return compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)
 
 
