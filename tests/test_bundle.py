@@ -46,6 +46,13 @@ def data2d(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def data3d(tmp_path_factory):
+    out = tmp_path_factory.mktemp("brain3d")
+    build_dataset(["--dim", "3", "--out", str(out), "--n-train", "2", "--n-val", "1", "--n-test", "1"])
+    return out
+
+
 @pytest.mark.parametrize("dim", [3, 2])
 def test_metadata_verifies_against_the_shipped_schema(dim, tmp_path):
     verify_metadata(meta_file=configs(dim, "metadata.json"), filepath=str(SCHEMA), hash_val=SCHEMA_MD5)
@@ -77,7 +84,7 @@ def test_network_in_out(dim):
         (["inference.json"], "infer"),
     ],
 )
-def test_workflow_properties(dim, names, kind, monkeypatch):
+def test_workflow_properties(dim, names, kind, monkeypatch, request):
     if "multi_gpu_train.json" in names:  # its initialize joins a process group: a group of one here
         import socket
 
@@ -87,7 +94,9 @@ def test_workflow_properties(dim, names, kind, monkeypatch):
         for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
                      "LOCAL_RANK": "0"}.items():  # fmt: skip
             monkeypatch.setenv(k, v)
-    wf = workflow(dim, names, kind)
+    # resolving the train / evaluate properties loads their datasets: a tiny one of the right dimension
+    data = {} if kind == "infer" else {"dataset_dir": str(request.getfixturevalue(f"data{dim}d"))}
+    wf = workflow(dim, names, kind, **data)
     wf.initialize()
     try:
         assert wf.check_properties() == []
