@@ -2,8 +2,9 @@
 
 - :func:`bundle_root`: where a bundle is, from the repository root or the bundle folder.
 - :func:`inference_cases` / :class:`RegistrationInference`: the inference workflow's dataset and evaluator (the
-  demo pair built at run time, a user's fixed/moving files, or a folder of cases); writes the warped image and
-  labels, the displacement field as an ITK/Slicer transform, a QC picture and Dice before/after.
+  demo pair built at run time, a user's fixed/moving files in any format, or a folder of cases) through the
+  clinical pipeline (:mod:`rli2it_med.clinical`); writes the warped image and labels, the displacement field as an
+  ITK/Slicer transform, a QC picture and Dice before/after.
 - :func:`registration_pairs` / :class:`RegistrationEvaluator`: the evaluate workflow (held-out pairs, metrics JSON).
 - :class:`RegistrationTrainer`: the train workflow (:func:`rli2it_med.registration.train.train`, also under
   ``torchrun``).
@@ -11,12 +12,10 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rli2it_med import io
@@ -24,8 +23,6 @@ from rli2it_med.agent import distributed as ddp
 from rli2it_med.api import Registrator, StepwiseRegistrationNet
 from rli2it_med.registration.data import PairDataset
 from rli2it_med.registration.env import EnvConfig
-from rli2it_med.registration.metrics import dice_per_label, folding_percent, jacobian_determinant
-from rli2it_med.registration.warp import warp
 
 __all__ = [
     "bundle_root",
@@ -108,69 +105,45 @@ def inference_cases(
     return cases
 
 
-def _scale01(image: np.ndarray) -> np.ndarray:
-    """Intensities into [0, 1] by the 99.5th percentile above zero, as the training data were."""
-    positive = image[image > 0]
-    top = float(np.percentile(positive, 99.5)) if positive.size else 1.0
-    return np.clip(image / (top if top > 0 else 1.0), 0, 1).astype(np.float32)
+def _load_case(case: dict[str, Any]) -> tuple[Any, Any, Any, Any, dict[str, str]]:
+    """A case's fixed, moving, fixed and moving label images (SimpleITK, labels may be None) and label names."""
+    from rli2it_med import clinical
 
-
-def _load_case(case: dict[str, Any]) -> dict[str, Any]:
-    """Read a case's arrays; the moving image (and labels) are resampled onto the fixed grid when it differs."""
     if "demo" in case:
         from rli2it_med.registration.synthetic import demo_pair
 
-        return demo_pair(case["demo"])
+        d = demo_pair(case["demo"])
+        image = lambda k: clinical._from_array_and_affine(d[k], d["affine"])  # noqa: E731
+        fixed, moving = clinical.read_image(image("fixed"), "fixed"), clinical.read_image(image("moving"), "moving")
+        segs = [clinical.read_segmentation(image(k), ref) for k, ref in (("fixed_seg", fixed), ("moving_seg", moving))]
+        return fixed, moving, *segs, {str(k): v for k, v in d["label_names"].items()}
     for key in ("fixed", "moving"):
         if case.get(key) is None:
             raise FileNotFoundError(f"case {case['name']}: no {key} image")
-    fixed, affine = io.load_image(case["fixed"])
-    moving, moving_affine = io.load_image(case["moving"])
-    out = {"fixed": fixed, "affine": affine, "fixed_seg": None, "moving_seg": None}
-    fixed_seg = None if case.get("fixed_label") is None else io.load_image(case["fixed_label"])
-    moving_seg = None if case.get("moving_label") is None else io.load_image(case["moving_label"])
-    same_grid = moving.shape == fixed.shape and np.allclose(moving_affine, affine, atol=1e-4)
-    out["moving"] = moving if same_grid else _resample(moving, moving_affine, fixed.shape, affine, order=1)
-    if fixed_seg is not None:
-        if fixed_seg[0].shape != fixed.shape:
-            raise ValueError(f"{case['fixed_label']}: shape {fixed_seg[0].shape} differs from fixed {fixed.shape}")
-        out["fixed_seg"] = np.rint(fixed_seg[0]).astype(np.int64)
-    if moving_seg is not None:
-        lab, lab_affine = moving_seg
-        if lab.shape != moving.shape:
-            raise ValueError(f"{case['moving_label']}: shape {lab.shape} differs from moving {moving.shape}")
-        lab = lab if same_grid else _resample(lab, lab_affine, fixed.shape, affine, order=0)
-        out["moving_seg"] = np.rint(lab).astype(np.int64)
-    return out
-
-
-def _resample(image: np.ndarray, affine: np.ndarray, shape: tuple, target_affine: np.ndarray, order: int):
-    """``image`` (with its affine) sampled on the target grid, through world coordinates (zero outside)."""
-    from scipy.ndimage import affine_transform
-
-    squeeze = image.ndim == 2
-    if squeeze:
-        image, shape = image[..., None], (*shape, 1)
-    vox = np.linalg.inv(affine) @ target_affine  # target voxel -> source voxel
-    out = affine_transform(image, vox[:3, :3], vox[:3, 3], output_shape=shape, order=order, mode="constant")
-    return out[..., 0] if squeeze else out
+    fixed, moving = clinical.read_image(case["fixed"], "fixed"), clinical.read_image(case["moving"], "moving")
+    fseg = None if case.get("fixed_label") is None else clinical.read_segmentation(case["fixed_label"], fixed)
+    mseg = None if case.get("moving_label") is None else clinical.read_segmentation(case["moving_label"], moving)
+    return fixed, moving, fseg, mseg, {}
 
 
 class RegistrationInference:
-    """Register every case and write, per case, into ``output_dir/<case>/``:
+    """Register every case with :func:`rli2it_med.clinical.register_images` (the network run through ``inferer``)
+    and write, per case, into ``output_dir/<case>/``:
 
-    ``warped.nii.gz`` (moving image in the fixed image's space, original intensities), ``warped_label.nii.gz``
-    (nearest neighbour, when moving labels are given), ``displacement.nii.gz`` (ITK/ANTs/Slicer displacement field,
-    LPS mm; see :func:`rli2it_med.io.save_displacement`), ``qc.png`` and ``metrics.json``; and ``summary.json`` for
-    all cases. Dice before/after is printed when both label maps are given. A failing case is reported and skipped;
-    :meth:`run` raises at the end if any failed.
+    ``warped.nii.gz`` (moving image on the fixed image's grid), ``warped_label.nii.gz`` (nearest neighbour, with
+    moving labels), ``displacement.nii.gz`` (the transform as an ITK/ANTs/Slicer displacement field, LPS mm, fixed
+    -> moving, affine included), ``qc.png`` and ``metrics.json``; and ``summary.json`` for all cases. Dice
+    before/after is printed when both label maps are given. A failing case is reported and skipped; :meth:`run`
+    raises at the end if any failed.
 
     Args:
         dataset: cases from :func:`inference_cases`.
         network: the trained :class:`~rli2it_med.api.StepwiseRegistrationNet`.
-        inferer: a MONAI inferer, called as ``inferer(inputs, network)`` with ``inputs`` = (1, 2, *S) fixed+moving.
+        inferer: a MONAI inferer, called as ``inferer(inputs, network)`` with ``inputs`` = (1, 2, *S) fixed+moving
+            on the model's working grid.
         device: where the network runs.
         output_dir: where results go.
+        affine: mutual-information affine pre-alignment before the agent.
         qc: write the QC picture.
     """
 
@@ -181,49 +154,31 @@ class RegistrationInference:
         inferer: Any,
         device: torch.device | str,
         output_dir: str,
+        affine: bool = True,
         qc: bool = True,
     ) -> None:
         self.dataset, self.network, self.inferer = dataset, network, inferer
-        self.device, self.output_dir, self.qc = torch.device(device), Path(output_dir), qc
+        self.device, self.output_dir, self.affine, self.qc = torch.device(device), Path(output_dir), affine, qc
 
-    @torch.no_grad()
     def register(self, case: dict[str, Any]) -> dict[str, Any]:
-        data = _load_case(case)
-        nd = self.network.spatial_dims
-        if data["fixed"].ndim != nd:
-            raise ValueError(f"case {case['name']}: {data['fixed'].ndim}D images for a {nd}D model")
-        as_tensor = lambda a: torch.as_tensor(np.ascontiguousarray(a))[None, None].to(self.device)  # noqa: E731
-        inputs = torch.cat([as_tensor(_scale01(data["fixed"])), as_tensor(_scale01(data["moving"]))], 1)
-        start = time.perf_counter()
-        field = self.inferer(inputs, self.network)
-        warped = warp(as_tensor(data["moving"].astype(np.float32)), field)
-        seconds = time.perf_counter() - start
-        result: dict[str, Any] = {"case": case["name"], "seconds": seconds}
-        det = jacobian_determinant(field.cpu())
-        result["folding_percent"] = float(folding_percent(field.cpu()))
-        result["jacobian_min"], result["jacobian_max"] = float(det.min()), float(det.max())
-        folder = self.output_dir / case["name"]
-        affine = data["affine"]
-        io.save_image(folder / "warped.nii.gz", warped[0, 0].cpu().numpy(), affine)
-        io.save_displacement(folder / "displacement.nii.gz", field[0].cpu().numpy(), affine)
-        if data["moving_seg"] is not None:
-            warped_seg = warp(as_tensor(data["moving_seg"]), field, mode="nearest")[0, 0].cpu()
-            io.save_image(folder / "warped_label.nii.gz", warped_seg.numpy().astype(np.int16), affine)
-            if data["fixed_seg"] is not None:
-                fixed_seg = torch.as_tensor(data["fixed_seg"]).long()
-                labels = sorted(int(v) for v in torch.unique(fixed_seg) if v != 0)
-                names = data.get("label_names") or {}
-                before = dice_per_label(torch.as_tensor(data["moving_seg"])[None, None], fixed_seg[None, None], labels)
-                after = dice_per_label(warped_seg[None, None].long(), fixed_seg[None, None], labels)
-                result["dice_before"] = {names.get(v, str(v)): float(d) for v, d in zip(labels, before[0])}
-                result["dice_after"] = {names.get(v, str(v)): float(d) for v, d in zip(labels, after[0])}
-                result["dice_before_mean"] = float(before.mean())
-                result["dice_after_mean"] = float(after.mean())
-        if self.qc:
-            from rli2it_med.registration.qc import qc_picture
+        from rli2it_med import clinical
 
-            picture = qc_picture(data["fixed"], data["moving"], warped[0, 0].cpu().numpy(), data["fixed_seg"])
-            io.save_png(folder / "qc.png", picture)
+        fixed, moving, fseg, mseg, names = _load_case(case)
+        out = clinical.register_images(
+            fixed, moving, self.network, fseg, mseg, affine=self.affine, device=self.device, inferer=self.inferer
+        )
+        folder = self.output_dir / case["name"]
+        clinical.save_outputs(
+            out, fixed, moving, fseg,
+            warped_out=folder / "warped.nii.gz",
+            warped_seg_out=folder / "warped_label.nii.gz" if mseg is not None else None,
+            transform_out=folder / "displacement.nii.gz",
+            qc_out=folder / "qc.png" if self.qc else None,
+        )  # fmt: skip
+        result = {"case": case["name"]} | out.stats
+        for key in ("dice_before", "dice_affine", "dice"):
+            if key in result:
+                result[key] = {names.get(k, k): v for k, v in result[key].items()}
         io.save_json(folder / "metrics.json", result)
         return result
 
@@ -239,9 +194,9 @@ class RegistrationInference:
                 continue
             results.append(r)
             line = f"{r['case']}: {r['seconds']:.2f} s, folding {r['folding_percent']:.3f} %"
-            if "dice_after" in r:
-                per = ", ".join(f"{k} {r['dice_before'][k]:.3f}->{v:.3f}" for k, v in r["dice_after"].items())
-                line += f", Dice before {r['dice_before_mean']:.3f} -> after {r['dice_after_mean']:.3f} ({per})"
+            if "dice" in r:
+                per = ", ".join(f"{k} {r['dice_before'][k]:.3f}->{v:.3f}" for k, v in r["dice"].items())
+                line += f", Dice before {r['dice_before_mean']:.3f} -> after {r['dice_mean']:.3f} ({per})"
             print(f"{line}; outputs in {self.output_dir / r['case']}")
         io.save_json(self.output_dir / "summary.json", {"cases": results, "failed": failures})
         if failures:

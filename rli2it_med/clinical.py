@@ -254,7 +254,7 @@ def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
     def run(initial: Any, iterations: int) -> Any:
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingStrategy(reg.REGULAR)  # deterministic (RANDOM varies with thread scheduling)
         reg.SetMetricSamplingPercentage(0.2, seed)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
@@ -350,9 +350,11 @@ def register_images(
     affine: bool = True,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    inferer: Any | None = None,
 ) -> ClinicalResult:
     """Register ``moving`` onto ``fixed`` (see the module docstring); ``net`` is a
-    :class:`~rli2it_med.api.StepwiseRegistrationNet` of the images' dimension."""
+    :class:`~rli2it_med.api.StepwiseRegistrationNet` of the images' dimension, run on the working pair through
+    ``inferer(inputs, net)`` when a MONAI inferer is given (the bundles), else ``net.rollout``."""
     sitk = _sitk()
     start = time.perf_counter()
     fixed, moving = read_image(fixed, "fixed"), read_image(moving, "moving")
@@ -372,8 +374,14 @@ def register_images(
     moving_w = sitk.Resample(moving, ref, pre, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     pair = torch.stack([torch.from_numpy(_to_working_array(i)) for i in (fixed_w, moving_w)])[None].to(device)
     t0 = time.perf_counter()
+    net = net.to(device).eval()
     with torch.no_grad():
-        u = net.to(device).eval().rollout(pair[:, :1], pair[:, 1:], steps)[0][0].cpu().double().numpy()
+        if inferer is not None:
+            if steps is not None and steps != net.steps:
+                raise ValueError("with an inferer the episode length is the network's (set it on the network)")
+            u = inferer(pair, net)[0].cpu().double().numpy()
+        else:
+            u = net.rollout(pair[:, :1], pair[:, 1:], steps)[0][0].cpu().double().numpy()
     t_agent = time.perf_counter() - t0
 
     # ITK treats points outside the working grid as not displaced: taper u to zero over its outer TAPER voxels so
@@ -417,13 +425,20 @@ def register_images(
     }
     if fseg is not None and mseg is not None:
         f = sitk.GetArrayViewFromImage(fseg)
-        before = sitk.GetArrayFromImage(sitk.Resample(mseg, fixed, pre, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32))
+
+        def resampled(tx: Any) -> np.ndarray:
+            return sitk.GetArrayFromImage(sitk.Resample(mseg, fixed, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32))
+
         after = sitk.GetArrayViewFromImage(warped_seg)
         labels = [int(v) for v in np.unique(f) if v != 0]
         dice = lambda a, v: float(2 * np.sum((a == v) & (f == v)) / max(np.sum(a == v) + np.sum(f == v), 1))  # noqa: E731
-        stats["dice_affine"] = {str(v): dice(before, v) for v in labels}
+        identity = resampled(sitk.Transform())
+        stats["dice_before"] = {str(v): dice(identity, v) for v in labels}
+        after_affine = resampled(pre) if affine else identity
+        stats["dice_affine"] = {str(v): dice(after_affine, v) for v in labels}
         stats["dice"] = {str(v): dice(after, v) for v in labels}
-        stats["dice_mean"] = float(np.mean(list(stats["dice"].values()))) if labels else float("nan")
+        mean = lambda d: float(np.mean(list(d.values()))) if d else float("nan")  # noqa: E731
+        stats["dice_before_mean"], stats["dice_mean"] = mean(stats["dice_before"]), mean(stats["dice"])
     return ClinicalResult(warped, transform, warped_seg, jacobian, pre if affine else None, stats)
 
 

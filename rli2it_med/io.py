@@ -27,7 +27,6 @@ __all__ = [
     "load_json",
     "load_image",
     "save_image",
-    "save_displacement",
     "save_png",
 ]
 
@@ -141,40 +140,6 @@ def save_image(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
     img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    atomic_write_bytes(path, _nifti_bytes(img, str(path)))
-
-
-def save_displacement(path: str | Path, field: np.ndarray, affine: np.ndarray) -> None:
-    """Write a displacement field as the NIfTI vector image ITK, ANTs and 3D Slicer read as a transform.
-
-    Args:
-        field: (ndim, *S) pull-back displacement in voxels (channel ``i`` along array axis ``i``), on the grid of
-            ``affine``: ``warped(x) = moving(x + field(x))``.
-        affine: voxel-to-RAS (mm) affine of that grid.
-
-    The file holds, per voxel, the physical displacement in LPS millimetres (ITK's convention), shape
-    (X, Y, Z, 1, 3) with intent ``vector``: ITK's ``DisplacementFieldTransform`` maps a fixed-space point to the
-    moving-space point it samples, which is what resampling the moving image into the fixed space needs.
-    """
-    import nibabel as nib
-
-    field = np.asarray(field, dtype=np.float64)
-    nd = field.shape[0]
-    if field.ndim != nd + 1 or nd not in (2, 3):
-        raise ValueError(f"field must be (ndim, *S) with ndim 2 or 3, got shape {field.shape}")
-    affine = np.asarray(affine, dtype=np.float64)
-    vox = np.zeros((3, *field.shape[1:]))
-    vox[:nd] = field
-    ras = np.einsum("ij,j...->i...", affine[:3, :3], vox)
-    lps = ras * np.array([-1.0, -1.0, 1.0]).reshape(3, *([1] * nd))
-    data = np.moveaxis(lps, 0, -1).astype(np.float32)  # (*S, 3)
-    if nd == 2:
-        data = data[:, :, None]
-    data = data[:, :, :, None, :]  # (X, Y, Z, 1, 3): NIfTI's vector layout
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_intent("vector")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
     atomic_write_bytes(path, _nifti_bytes(img, str(path)))
 
 
