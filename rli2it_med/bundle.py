@@ -36,6 +36,15 @@ __all__ = [
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
+def _flag(value: Any, name: str) -> bool:
+    """A yes/no option from a config or the command line (``--resume true`` arrives as the string "true")."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def bundle_root(name: str) -> str:
     """The folder of bundle ``name``: the working directory when it is that bundle, else ``./bundles/<name>``, else
     the ``bundles/<name>`` next to this package (a source checkout). Override with ``--bundle_root``."""
@@ -158,7 +167,8 @@ class RegistrationInference:
         qc: bool = True,
     ) -> None:
         self.dataset, self.network, self.inferer = dataset, network, inferer
-        self.device, self.output_dir, self.affine, self.qc = torch.device(device), Path(output_dir), affine, qc
+        self.device, self.output_dir = torch.device(device), Path(output_dir)
+        self.affine, self.qc = _flag(affine, "affine"), _flag(qc, "qc")
 
     def register(self, case: dict[str, Any]) -> dict[str, Any]:
         from rli2it_med import clinical
@@ -310,7 +320,8 @@ class RegistrationTrainer:
         cfg.minutes, cfg.eval_every, cfg.max_updates = float(minutes), int(epoch_length), int(max_epochs * epoch_length)
         cfg.device = str(device)
         self.config, self.max_epochs = cfg, int(max_epochs)
-        self.dataset, self.val_dataset, self.resume, self.progress = dataset, val_dataset, bool(resume), progress
+        self.dataset, self.val_dataset = dataset, val_dataset
+        self.resume, self.progress = _flag(resume, "resume"), _flag(progress, "progress")
 
     def run(self) -> dict[str, Any]:
         from rli2it_med.registration.train import train

@@ -234,3 +234,11 @@ def test_train_kill_resume_continues_from_the_saved_update(tmp_path, data2d):
     assert torch.load(out / "model.pt", weights_only=True)["updates"] == saved + 2
     updates = [int(float(r.split(",")[0])) for r in (out / "progress.csv").read_text().splitlines()[1:]]
     assert updates[-1] == saved + 2
+
+
+def test_yes_no_options_from_the_command_line():
+    from rli2it_med.bundle import _flag
+
+    assert _flag("false", "resume") is False and _flag("True", "resume") is True and _flag(False, "x") is False
+    with pytest.raises(ValueError, match="resume must be true or false"):
+        _flag("maybe", "resume")
