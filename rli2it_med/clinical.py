@@ -213,9 +213,13 @@ def read_segmentation(source: Any, image: Any, name: str = "segmentation") -> An
 def _foreground_centre(img: Any) -> np.ndarray:
     """Physical centre of the bounding box of voxels above 5 % of the 99th percentile."""
     a = _sitk().GetArrayViewFromImage(img)
-    hi = float(np.percentile(a, 99))
-    idx = np.argwhere(a > 0.05 * hi) if hi > 0 else np.argwhere(np.ones_like(a, bool))
-    centre_zyx = (idx.min(0) + idx.max(0)) / 2.0
+    hi = float(np.percentile(a[(slice(None, None, 2),) * a.ndim], 99))  # every 8th voxel is plenty for a percentile
+    mask = a > 0.05 * hi if hi > 0 else np.ones(a.shape, bool)
+    lo_hi = []
+    for ax in range(a.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(i for i in range(a.ndim) if i != ax)))
+        lo_hi.append((hit[0], hit[-1]) if hit.size else (0, a.shape[ax] - 1))
+    centre_zyx = [(lo + hi_) / 2.0 for lo, hi_ in lo_hi]
     return np.asarray(img.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in centre_zyx[::-1])))
 
 
