@@ -585,17 +585,19 @@ def qc_figure(result: ClinicalResult, fixed: Any, moving: Any, fixed_seg: Any | 
     moving = read_image(moving)
     pre = result.affine if result.affine is not None else sitk.Transform()
     moved = sitk.Resample(moving, fixed, pre, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    spacing = fixed.GetSpacing()
-    grid = sitk.GridSource(
-        sitk.sitkFloat32, fixed.GetSize(), sigma=[0.5 * s for s in spacing], gridSpacing=[8 * s for s in spacing],
-        gridOffset=fixed.GetOrigin(), spacing=spacing, origin=fixed.GetOrigin(), direction=fixed.GetDirection(),
-    )  # fmt: skip
-    deformed = sitk.Resample(grid, fixed, result.transform, sitk.sitkLinear, 1.0, sitk.sitkFloat32)
     arr = lambda img: np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose())  # noqa: E731
+    # one grid per view: lines every 8 voxels along the view's two in-plane axes, extruded through the third,
+    # pulled through the transform like the moving image
+    nd, size = fixed.GetDimension(), fixed.GetSize()
+    on_line = [(np.arange(n) % 8 == 0).reshape([-1 if a == ax else 1 for a in range(nd)]) for ax, n in enumerate(size)]
+    grids = []
+    for a, b in [(0, 1), (0, 2), (1, 2)] if nd == 3 else [(0, 1)]:
+        lines = np.broadcast_to(on_line[a] | on_line[b], size).astype(np.float32)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(lines.transpose()))
+        img.CopyInformation(fixed)
+        grids.append(arr(sitk.Resample(img, fixed, result.transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
     seg = None if fixed_seg is None else arr(read_segmentation(fixed_seg, fixed))
-    return qc_picture(
-        arr(fixed), arr(moved), arr(result.warped), seg, grid=arr(deformed), jacobian=arr(result.jacobian)
-    )
+    return qc_picture(arr(fixed), arr(moved), arr(result.warped), seg, grid=grids, jacobian=arr(result.jacobian))
 
 
 def save_outputs(

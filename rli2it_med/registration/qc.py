@@ -31,7 +31,7 @@ def qc_picture(
     warped: np.ndarray,
     fixed_seg: np.ndarray | None = None,
     tile: int = 8,
-    grid: np.ndarray | None = None,
+    grid: np.ndarray | list[np.ndarray] | None = None,
     jacobian: np.ndarray | None = None,
 ) -> np.ndarray:
     """An RGB uint8 montage: rows fixed, moving, warped (with the fixed labels' boundaries in red when given), a
@@ -58,8 +58,8 @@ def qc_picture(
     for name, vol in named:
         tiles = []
         for i, view in enumerate(_views(fixed)):
-            if name == "grid":
-                g = _views(vol)[i]
+            if name == "grid":  # one volume per view (lines in that view's plane), or one for all
+                g = _views(vol[i] if isinstance(vol, list) else vol)[i]
                 img = np.repeat((np.clip(1 - g, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
             elif name == "jacobian":
                 img = jet(_views(vol)[i])
