@@ -43,16 +43,25 @@ def gm_wm(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([2 * np.sum((a == v) & (b == v)) / max(np.sum(a == v) + np.sum(b == v), 1) for v in (2, 3)]))
 
 
-def oblique(img: sitk.Image, spacing, angle_deg: float, interpolator) -> sitk.Image:
+def rotation(angle_deg: float, axis: int) -> np.ndarray:
+    """3x3 rotation by ``angle_deg`` about LPS axis ``axis``."""
     a = np.radians(angle_deg)
-    rot = np.array([[np.cos(a), 0, -np.sin(a)], [0, 1, 0], [np.sin(a), 0, np.cos(a)]])
-    direction = rot  # LPS-ordered axes, tilted
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i] = r[j, j] = np.cos(a)
+    r[i, j], r[j, i] = -np.sin(a), np.sin(a)
+    return r
+
+
+def oblique(img: sitk.Image, spacing, direction: np.ndarray, interpolator, margin: int = 8) -> sitk.Image:
+    """``img`` resampled onto a grid of the given spacing and direction (LPS columns) that covers it, with
+    ``margin`` voxels to spare per axis (also used by tests/test_clinical.py)."""
     extent = np.asarray(img.GetSize()) * np.asarray(img.GetSpacing())
-    size = [int(e / s) + 8 for e, s in zip(extent, spacing)]
+    size = [int(e / s) + margin for e, s in zip(extent, spacing)]
     centre = np.asarray(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
     origin = centre - direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
     return sitk.Resample(img, size, sitk.Transform(), interpolator, tuple(origin), tuple(spacing),
-                         tuple(direction.ravel()), 0.0, img.GetPixelID())  # fmt: skip
+                         tuple(np.asarray(direction).ravel()), 0.0, img.GetPixelID())  # fmt: skip
 
 
 def dice_table(data: str, n: int, tmp: Path) -> list[dict]:
@@ -72,8 +81,9 @@ def dice_table(data: str, n: int, tmp: Path) -> list[dict]:
         m = clinical._from_array_and_affine(p.moving[0, 0].numpy(), affine)
         fs = sitk.Cast(clinical._from_array_and_affine(p.fixed_seg[0, 0].numpy(), affine), sitk.sitkInt32)
         ms = sitk.Cast(clinical._from_array_and_affine(p.moving_seg[0, 0].numpy(), affine), sitk.sitkInt32)
-        mo = oblique(m, (1.2, 1.5, 1.0), 10.0, sitk.sitkLinear)
-        mso = oblique(ms, (1.2, 1.5, 1.0), 10.0, sitk.sitkNearestNeighbor)
+        tilted = rotation(10.0, axis=1)  # LPS-ordered axes tilted 10 degrees
+        mo = oblique(m, (1.2, 1.5, 1.0), tilted, sitk.sitkLinear)
+        mso = oblique(ms, (1.2, 1.5, 1.0), tilted, sitk.sitkNearestNeighbor)
         target = sitk.GetArrayFromImage(fs)
         for key, moving, mseg, aff in (
             ("files, same grid, no affine", m, ms, False),

@@ -214,23 +214,25 @@ class Registrator:
         device: str | torch.device | None = "auto",
         grid_scale: int = 1,
     ) -> None:
-        if int(grid_scale) != grid_scale or grid_scale < 1:
-            raise ValueError(f"grid_scale must be a positive integer, got {grid_scale}")
         self.device = resolve_device(device)
-        self.net = StepwiseRegistrationNet(agent, env_config.max_steps, env_config.max_step, grid_scale)
+        self.net = StepwiseRegistrationNet(agent, env_config.max_steps, env_config.max_step, grid_scale)  # validates
         self.net.to(self.device).eval()
         self.agent = self.net.agent
         self.env_config = env_config
-        self.grid_scale = int(grid_scale)
+        self.grid_scale = self.net.grid_scale
         self.metadata: dict[str, Any] = {}
+
+    @classmethod
+    def from_net(cls, net: StepwiseRegistrationNet, device: str | torch.device | None = "auto") -> Registrator:
+        """The registrator of a :class:`StepwiseRegistrationNet` (same agent, episode length and grid)."""
+        reg = cls(net.agent, EnvConfig(max_steps=net.steps, max_step=net.max_step), device, net.grid_scale)
+        reg.metadata = net.metadata
+        return reg
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = "auto") -> Registrator:
         """Load a checkpoint written by training (``model.pt``) in one call."""
-        net = StepwiseRegistrationNet.from_checkpoint(path)
-        reg = cls(net.agent, EnvConfig(max_steps=net.steps, max_step=net.max_step), device, net.grid_scale)
-        reg.metadata = net.metadata
-        return reg
+        return cls.from_net(StepwiseRegistrationNet.from_checkpoint(path), device)
 
     @property
     def spatial_dims(self) -> int:
@@ -266,9 +268,6 @@ class Registrator:
         )
         pair = RegistrationEnv.check_pair(pair).to(self.device)
         with_labels = pair.fixed_seg is not None and pair.moving_seg is not None
-        steps = self.env_config.max_steps if steps is None else int(steps)
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
         scale, shape = self.grid_scale, tuple(pair.fixed.shape[2:])
 
         start = time.perf_counter()

@@ -22,7 +22,6 @@ from rli2it_med import io
 from rli2it_med.agent import distributed as ddp
 from rli2it_med.api import Registrator, StepwiseRegistrationNet
 from rli2it_med.registration.data import PairDataset
-from rli2it_med.registration.env import EnvConfig
 
 __all__ = [
     "bundle_root",
@@ -76,7 +75,8 @@ def inference_cases(
 ) -> list[dict[str, Any]]:
     """What the inference workflow registers, in order of precedence:
 
-    1. ``fixed`` and ``moving`` NIfTI files (labels optional): one case;
+    1. ``fixed`` and ``moving`` image files of any format :func:`rli2it_med.clinical.read_image` reads (labels
+       optional): one case;
     2. ``dataset_dir``: a ``datalist.json`` there (MONAI style, list ``"testing"``, keys ``fixed_image``,
        ``moving_image``, optional ``fixed_label``/``moving_label``), else one case per sub-folder holding
        ``fixed.nii[.gz]`` and ``moving.nii[.gz]`` (and optional ``fixed_label``/``moving_label``);
@@ -122,17 +122,14 @@ def _load_case(case: dict[str, Any]) -> tuple[Any, Any, Any, Any, dict[str, str]
         from rli2it_med.registration.synthetic import demo_pair
 
         d = demo_pair(case["demo"])
-        image = lambda k: clinical._from_array_and_affine(d[k], d["affine"])  # noqa: E731
-        fixed, moving = clinical.read_image(image("fixed"), "fixed"), clinical.read_image(image("moving"), "moving")
-        segs = [clinical.read_segmentation(image(k), ref) for k, ref in (("fixed_seg", fixed), ("moving_seg", moving))]
-        return fixed, moving, *segs, {str(k): v for k, v in d["label_names"].items()}
+        images = [
+            clinical._from_array_and_affine(d[k], d["affine"]) for k in ("fixed", "moving", "fixed_seg", "moving_seg")
+        ]
+        return *clinical.read_pair(*images), {str(k): v for k, v in d["label_names"].items()}
     for key in ("fixed", "moving"):
         if case.get(key) is None:
             raise FileNotFoundError(f"case {case['name']}: no {key} image")
-    fixed, moving = clinical.read_image(case["fixed"], "fixed"), clinical.read_image(case["moving"], "moving")
-    fseg = None if case.get("fixed_label") is None else clinical.read_segmentation(case["fixed_label"], fixed)
-    mseg = None if case.get("moving_label") is None else clinical.read_segmentation(case["moving_label"], moving)
-    return fixed, moving, fseg, mseg, {}
+    return *clinical.read_pair(case["fixed"], case["moving"], case.get("fixed_label"), case.get("moving_label")), {}
 
 
 class RegistrationInference:
@@ -257,8 +254,7 @@ class RegistrationEvaluator:
     def run(self) -> dict[str, Any]:
         from rli2it_med.registration.train import evaluate, gm_wm_dice, summarize
 
-        env = EnvConfig(max_steps=self.network.steps, max_step=self.network.max_step)
-        reg = Registrator(self.network.agent, env, self.device, self.network.grid_scale)
+        reg = Registrator.from_net(self.network, self.device)
         metrics = evaluate(reg, self.dataset, limit=self.limit, progress=True)
         summary: dict[str, Any] = summarize(metrics, self.label_names)
         summary["dice_gm_wm"] = gm_wm_dice(metrics)

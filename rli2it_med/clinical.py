@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rli2it_med.registration.data import scale_intensity
 from rli2it_med.registration.metrics import jacobian_determinant
 
 __all__ = [
@@ -54,12 +55,28 @@ def _sitk():
     return sitk
 
 
+def _xyz(img: Any) -> np.ndarray:
+    """The voxels of a SimpleITK image as an (X, Y[, Z][, components]) array, index order (numpy's is reversed)."""
+    a = _sitk().GetArrayFromImage(img)
+    nd = img.GetDimension()
+    order = (*reversed(range(nd)), *range(nd, a.ndim))
+    return np.ascontiguousarray(a.transpose(order))
+
+
+def _image(array: np.ndarray, like: Any | None = None, vector: bool = False) -> Any:
+    """An (X, Y[, Z][, components]) array as a SimpleITK image, with the geometry of ``like`` when given."""
+    nd = array.ndim - 1 if vector else array.ndim
+    order = (*reversed(range(nd)), *range(nd, array.ndim))
+    img = _sitk().GetImageFromArray(np.ascontiguousarray(array.transpose(order)), isVector=vector)
+    if like is not None:
+        img.CopyInformation(like)
+    return img
+
+
 def _from_array_and_affine(array: np.ndarray, affine: np.ndarray) -> Any:
     """A (X, Y[, Z]) array with a voxel-to-RAS affine as a SimpleITK image (LPS)."""
-    sitk = _sitk()
-    array = np.asarray(array)
-    nd = array.ndim
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(*reversed(range(nd)))).astype(np.float32))
+    nd = np.ndim(array)
+    img = _image(np.asarray(array, dtype=np.float32))
     lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]
     m, origin = lps[:, :3], lps[:, 3]
     spacing = np.linalg.norm(m, axis=0)
@@ -112,7 +129,7 @@ def read_image(source: Any, name: str = "image") -> Any:
         img = _from_array_and_affine(array, np.asarray(source.affine))
     elif isinstance(source, (np.ndarray, torch.Tensor)):
         array = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
-        img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(*reversed(range(array.ndim)))))
+        img = _image(array)
     else:
         raise TypeError(f"{name}: unsupported image type {type(source).__name__}")
     return _validated(img, label)
@@ -137,8 +154,7 @@ def _read_file(path: Path) -> Any:
     size = reader.GetSize()
     if components != 1 or len(size) not in (2, 3) or data.size != int(np.prod(size)):
         return sitk.ReadImage(str(path))  # vector or unusual layouts: ITK's own reading, checked later
-    array = data.reshape(size, order="F").transpose(*reversed(range(len(size))))
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    img = _image(np.asarray(data.reshape(size), dtype=np.float32))
     img.SetOrigin(reader.GetOrigin())
     img.SetSpacing(reader.GetSpacing())
     img.SetDirection(reader.GetDirection())
@@ -208,6 +224,16 @@ def read_segmentation(source: Any, image: Any, name: str = "segmentation") -> An
     return sitk.Cast(
         sitk.Round(seg) if seg.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else seg, sitk.sitkInt32
     )
+
+
+def read_pair(
+    fixed: Any, moving: Any, fixed_seg: Any | None = None, moving_seg: Any | None = None
+) -> tuple[Any, Any, Any | None, Any | None]:
+    """:func:`read_image` of both images and :func:`read_segmentation` of the label maps given, each read once."""
+    fixed, moving = read_image(fixed, "fixed"), read_image(moving, "moving")
+    fseg = None if fixed_seg is None else read_segmentation(fixed_seg, fixed, "fixed_seg")
+    mseg = None if moving_seg is None else read_segmentation(moving_seg, moving, "moving_seg")
+    return fixed, moving, fseg, mseg
 
 
 def _foreground_centre(img: Any) -> np.ndarray:
@@ -296,12 +322,8 @@ def _at_spacing(img: Any, spacing: float) -> Any:
 
 
 def _to_working_array(img: Any) -> np.ndarray:
-    """(X, Y[, Z]) float32 array in [0, 1] (99.5th percentile above zero), the layout training used."""
-    a = _sitk().GetArrayFromImage(img)
-    a = np.ascontiguousarray(a.transpose(*reversed(range(a.ndim))))
-    positive = a[a > 0]
-    top = float(np.percentile(positive, 99.5)) if positive.size else 1.0
-    return np.clip(a / (top if top > 0 else 1.0), 0, 1).astype(np.float32)
+    """(X, Y[, Z]) float32 array in [0, 1], the layout and intensity scale training used."""
+    return scale_intensity(_xyz(img))
 
 
 TAPER = 8
@@ -361,14 +383,12 @@ def register_images(
     ``inferer(inputs, net)`` when a MONAI inferer is given (the bundles), else ``net.rollout``."""
     sitk = _sitk()
     start = time.perf_counter()
-    fixed, moving = read_image(fixed, "fixed"), read_image(moving, "moving")
+    fixed, moving, fseg, mseg = read_pair(fixed, moving, fixed_seg, moving_seg)
     if fixed.GetDimension() != moving.GetDimension():
         raise ValueError(f"fixed is {fixed.GetDimension()}D but moving is {moving.GetDimension()}D")
     nd = fixed.GetDimension()
     if net.spatial_dims != nd:
         raise ValueError(f"{nd}D images for a {net.spatial_dims}D model")
-    fseg = None if fixed_seg is None else read_segmentation(fixed_seg, fixed, "fixed_seg")
-    mseg = None if moving_seg is None else read_segmentation(moving_seg, moving, "moving_seg")
 
     t0 = time.perf_counter()
     pre = affine_prealign(fixed, moving, seed) if affine else sitk.AffineTransform(nd)
@@ -394,8 +414,7 @@ def register_images(
     # working-grid voxel displacement (axis i = ITK index i) -> LPS mm, as a displacement transform W
     direction = np.asarray(ref.GetDirection()).reshape(nd, nd)
     mm = np.einsum("ij,j...->i...", direction * np.asarray(ref.GetSpacing()), u)  # (nd, X, Y[, Z])
-    vec = sitk.GetImageFromArray(np.moveaxis(mm, 0, -1).transpose(*reversed(range(nd)), nd), isVector=True)
-    vec.CopyInformation(ref)
+    vec = _image(np.moveaxis(mm, 0, -1), like=ref, vector=True)
     composite = sitk.CompositeTransform(nd)
     composite.AddTransform(pre)
     composite.AddTransform(sitk.DisplacementFieldTransform(vec))  # applied first
@@ -410,8 +429,7 @@ def register_images(
     # chain rule, T = A o W: det J_T(p) = det(A) det J_W(p); J_W from the working grid (cheap), then onto the fixed
     # grid (outside the working grid W is the identity)
     det_w = jacobian_determinant(torch.from_numpy(u)[None])[0].numpy()
-    det_img = sitk.GetImageFromArray(np.ascontiguousarray(det_w.transpose(*reversed(range(nd)))))
-    det_img.CopyInformation(ref)
+    det_img = _image(det_w, like=ref)
     det_a = float(np.linalg.det(np.asarray(pre.GetMatrix()).reshape(nd, nd)))
     jacobian = sitk.Resample(det_img, fixed, sitk.Transform(), sitk.sitkLinear, 1.0, sitk.sitkFloat32) * det_a
     seconds = time.perf_counter() - start
@@ -428,39 +446,32 @@ def register_images(
         "affine": affine,
     }
     if fseg is not None and mseg is not None:
-        f = sitk.GetArrayViewFromImage(fseg)
 
-        def resampled(tx: Any) -> np.ndarray:
+        def moved_labels(tx: Any) -> np.ndarray:
             return sitk.GetArrayFromImage(sitk.Resample(mseg, fixed, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkInt32))
 
-        after = sitk.GetArrayViewFromImage(warped_seg)
-        f = np.asarray(f, dtype=np.int64).ravel()
-        values = np.unique(f)
-        n = len(values)
-        rows = np.searchsorted(values, f)
-
-        def dice(a: np.ndarray) -> dict[str, float]:
-            """Dice of every fixed label, from one confusion count of both maps (a single pass at 1 mm)."""
-            confusion = np.bincount(rows * (n + 1) + _code(np.asarray(a, np.int64).ravel(), values),
-                                    minlength=n * (n + 1)).reshape(n, n + 1)  # fmt: skip
-            in_f, in_a = confusion.sum(1), confusion.sum(0)
-            scores = 2 * np.diag(confusion[:, :n]) / np.maximum(in_f + in_a[:n], 1)
-            return {str(int(v)): float(d) for v, d in zip(values, scores) if v}
-
-        identity = resampled(sitk.Transform())
-        stats["dice_before"] = dice(identity)
-        stats["dice_affine"] = dice(resampled(pre)) if affine else stats["dice_before"]
-        stats["dice"] = dice(after)
+        target = sitk.GetArrayViewFromImage(fseg)
+        stats["dice_before"] = dice_by_label(target, moved_labels(sitk.Transform()))
+        stats["dice_affine"] = dice_by_label(target, moved_labels(pre)) if affine else stats["dice_before"]
+        stats["dice"] = dice_by_label(target, sitk.GetArrayViewFromImage(warped_seg))
         mean = lambda d: float(np.mean(list(d.values()))) if d else float("nan")  # noqa: E731
         stats["dice_before_mean"], stats["dice_mean"] = mean(stats["dice_before"]), mean(stats["dice"])
     return ClinicalResult(warped, transform, warped_seg, jacobian, pre if affine else None, stats)
 
 
-def _code(a: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Index of each label of ``a`` in ``values`` (sorted), ``len(values)`` for labels the fixed map lacks."""
-    idx = np.searchsorted(values, a)
-    idx[idx == len(values)] = 0
-    return np.where(values[idx] == a, idx, len(values))
+def dice_by_label(target: np.ndarray, moved: np.ndarray) -> dict[str, float]:
+    """Dice of every non-zero label of ``target`` with ``moved``, from one confusion count of the two maps (a
+    single pass over a 1 mm volume; :func:`~rli2it_med.registration.metrics.dice_per_label` one-hot encodes)."""
+    target = np.asarray(target, dtype=np.int64).ravel()
+    moved = np.asarray(moved, dtype=np.int64).ravel()
+    values = np.unique(target)
+    n = len(values)
+    col = np.searchsorted(values, moved)
+    col[col == n] = 0
+    col = np.where(values[col] == moved, col, n)  # labels the target lacks share column n
+    confusion = np.bincount(np.searchsorted(values, target) * (n + 1) + col, minlength=n * (n + 1)).reshape(n, n + 1)
+    scores = 2 * np.diag(confusion[:, :n]) / np.maximum(confusion.sum(1) + confusion.sum(0)[:n], 1)
+    return {str(int(v)): float(d) for v, d in zip(values, scores) if v}
 
 
 def write_transform(path: str | Path, transform: Any) -> None:
@@ -585,7 +596,6 @@ def qc_figure(result: ClinicalResult, fixed: Any, moving: Any, fixed_seg: Any | 
     moving = read_image(moving)
     pre = result.affine if result.affine is not None else sitk.Transform()
     moved = sitk.Resample(moving, fixed, pre, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    arr = lambda img: np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose())  # noqa: E731
     # one grid per view: lines every 8 voxels along the view's two in-plane axes, extruded through the third,
     # pulled through the transform like the moving image
     nd, size = fixed.GetDimension(), fixed.GetSize()
@@ -593,11 +603,10 @@ def qc_figure(result: ClinicalResult, fixed: Any, moving: Any, fixed_seg: Any | 
     grids = []
     for a, b in [(0, 1), (0, 2), (1, 2)] if nd == 3 else [(0, 1)]:
         lines = np.broadcast_to(on_line[a] | on_line[b], size).astype(np.float32)
-        img = sitk.GetImageFromArray(np.ascontiguousarray(lines.transpose()))
-        img.CopyInformation(fixed)
-        grids.append(arr(sitk.Resample(img, fixed, result.transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
-    seg = None if fixed_seg is None else arr(read_segmentation(fixed_seg, fixed))
-    return qc_picture(arr(fixed), arr(moved), arr(result.warped), seg, grid=grids, jacobian=arr(result.jacobian))
+        img = _image(lines, like=fixed)
+        grids.append(_xyz(sitk.Resample(img, fixed, result.transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
+    seg = None if fixed_seg is None else _xyz(read_segmentation(fixed_seg, fixed))
+    return qc_picture(_xyz(fixed), _xyz(moved), _xyz(result.warped), seg, grid=grids, jacobian=_xyz(result.jacobian))
 
 
 def save_outputs(
@@ -696,9 +705,9 @@ def register_batch(
             results.append(entry | {"status": "done before"} | _flat(load_json(folder / "stats.json")))
             continue
         try:
-            fixed, moving = read_image(row["fixed"], "fixed"), read_image(row["moving"], "moving")
-            fseg = read_segmentation(row["fixed_seg"], fixed) if row.get("fixed_seg") else None
-            mseg = read_segmentation(row["moving_seg"], moving) if row.get("moving_seg") else None
+            fixed, moving, fseg, mseg = read_pair(
+                row["fixed"], row["moving"], row.get("fixed_seg"), row.get("moving_seg")
+            )
             nd = fixed.GetDimension()
             if nd not in nets:
                 nets[nd] = load_network(model, nd)
@@ -742,8 +751,7 @@ def as_kind(img: Any, example: Any) -> Any:
     sitk = _sitk()
     if img is None or isinstance(example, (sitk.Image, str, Path)):
         return img
-    array = sitk.GetArrayFromImage(img)
-    array = np.ascontiguousarray(array.transpose(*reversed(range(img.GetDimension()))))
+    array = _xyz(img)
     # outputs are on the fixed grid: an example with an affine lends its own (and its one-slice shape)
     if hasattr(example, "affine") and hasattr(example, "dataobj"):
         import nibabel as nib

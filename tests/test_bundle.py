@@ -181,8 +181,14 @@ def run_bundle(args, **kwargs):
 
 TINY = [
     arg
-    for kv in ("env_batch 2", "batch_size 2", "updates_per_round 1", "bootstrap_rounds 1", "val_pairs 2",
-               "buffer_episodes 8")  # fmt: skip
+    for kv in (
+        "env_batch 2",
+        "batch_size 2",
+        "updates_per_round 1",
+        "bootstrap_rounds 1",
+        "val_pairs 2",
+        "buffer_episodes 8",
+    )  # fmt: skip
     for arg in ("--train#trainer#" + kv.split()[0], kv.split()[1])
 ]
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from bench.clinical import oblique, rotation
 from rli2it_med import clinical
 from rli2it_med.cli.main import main
 from rli2it_med.registration.synthetic import demo_pair
@@ -16,17 +17,9 @@ def to_sitk(array, affine):
     return clinical._from_array_and_affine(array, affine)
 
 
-def oblique(img, spacing, angle_deg, flip_lps, interpolator=sitk.sitkLinear):
-    """``img`` resampled onto an oblique, anisotropic grid covering it (LPS- or RAS-ordered axes)."""
-    a = np.radians(angle_deg)
-    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    direction = rot @ (np.diag([1.0, 1.0, 1.0]) if flip_lps else np.diag([-1.0, -1.0, 1.0]))
-    extent = np.asarray(img.GetSize()) * np.asarray(img.GetSpacing())
-    size = [int(e / s) + 6 for e, s in zip(extent, spacing)]
-    centre = np.asarray(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
-    origin = centre - direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
-    return sitk.Resample(img, size, sitk.Transform(), interpolator, tuple(origin), tuple(spacing),
-                         tuple(direction.ravel()), 0.0, img.GetPixelID())  # fmt: skip
+def tilted_lps(angle_deg):
+    """LPS-ordered axes tilted about the superior axis."""
+    return rotation(angle_deg, axis=2)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +29,10 @@ def scans(tmp_path_factory):
     pair = demo_pair(3)
     fixed = to_sitk(pair["fixed"] * 800, pair["affine"])
     fseg = sitk.Cast(to_sitk(pair["fixed_seg"], pair["affine"]), sitk.sitkInt16)
-    moving = oblique(to_sitk(pair["moving"] * 800, pair["affine"]), (1.6, 2.4, 2.0), 8.0, flip_lps=True)
-    mseg = oblique(sitk.Cast(to_sitk(pair["moving_seg"], pair["affine"]), sitk.sitkInt16), (1.6, 2.4, 2.0), 8.0,
-                   flip_lps=True, interpolator=sitk.sitkNearestNeighbor)  # fmt: skip
+    grid = ((1.6, 2.4, 2.0), tilted_lps(8.0))
+    moving = oblique(to_sitk(pair["moving"] * 800, pair["affine"]), *grid, sitk.sitkLinear, margin=6)
+    mseg = oblique(sitk.Cast(to_sitk(pair["moving_seg"], pair["affine"]), sitk.sitkInt16), *grid,
+                   sitk.sitkNearestNeighbor, margin=6)  # fmt: skip
     paths = {"fixed": root / "fixed.nii.gz", "fixed_seg": root / "fixed_seg.nii.gz",
              "moving": root / "moving.nrrd", "moving_seg": root / "moving_seg.nrrd"}  # fmt: skip
     for key, img in (("fixed", fixed), ("fixed_seg", fseg), ("moving", moving), ("moving_seg", mseg)):
@@ -115,7 +109,8 @@ def test_warp_and_jacobian_commands(scans, registered, tmp_path, capsys):
 
 def test_a_dicom_series_reads_with_its_geometry(tmp_path):
     pair = demo_pair(3)
-    vol = oblique(to_sitk(pair["moving"] * 1000, pair["affine"]), (2.0, 2.0, 3.0), 5.0, flip_lps=True)
+    vol = oblique(to_sitk(pair["moving"] * 1000, pair["affine"]), (2.0, 2.0, 3.0), tilted_lps(5.0), sitk.sitkLinear,
+                  margin=6)  # fmt: skip
     vol = sitk.Cast(vol, sitk.sitkInt16)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

@@ -90,10 +90,9 @@ def _register(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    device = "auto" if args.device is None else args.device
     from rli2it_med.api import resolve_device
 
-    device = resolve_device(device)
+    device = resolve_device(args.device)
     if args.pairs:
         if args.out_dir is None:
             raise ValueError("--pairs needs --out-dir")
@@ -111,10 +110,7 @@ def _register(args: argparse.Namespace) -> int:
     clinical.check_writable(outputs)
     if args.warped_seg_out and not args.moving_seg:
         raise ValueError("--warped-seg-out needs --moving-seg")
-    fixed = clinical.read_image(args.fixed, "fixed")  # each file is read (and checked) once
-    moving = clinical.read_image(args.moving, "moving")
-    fixed_seg = None if args.fixed_seg is None else clinical.read_segmentation(args.fixed_seg, fixed)
-    moving_seg = None if args.moving_seg is None else clinical.read_segmentation(args.moving_seg, moving)
+    fixed, moving, fixed_seg, moving_seg = clinical.read_pair(args.fixed, args.moving, args.fixed_seg, args.moving_seg)
     net = clinical.load_network(args.model, fixed.GetDimension())
     result = clinical.register_images(
         fixed, moving, net, fixed_seg, moving_seg, args.steps, args.affine, args.seed, device
@@ -150,7 +146,6 @@ def _warp(args: argparse.Namespace) -> int:
 
 
 def _jacobian(args: argparse.Namespace) -> int:
-
     from rli2it_med import clinical
 
     sitk = clinical._sitk()

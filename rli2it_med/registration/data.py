@@ -12,9 +12,17 @@ import torch
 from rli2it_med import io
 from rli2it_med.registration.grid import downsample_image, downsample_labels
 
-__all__ = ["Pair", "PairDataset", "PAIR_KINDS"]
+__all__ = ["Pair", "PairDataset", "PAIR_KINDS", "scale_intensity"]
 
 PAIR_KINDS = ("template", "subject")
+
+
+def scale_intensity(image: np.ndarray) -> np.ndarray:
+    """Intensities divided by their 99.5th percentile above zero and clipped to [0, 1] (float32): the scale of the
+    shipped training data, applied to every image a trained model sees."""
+    positive = image[image > 0]
+    top = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+    return np.clip(image / (top if top > 0 else 1.0), 0, 1).astype(np.float32)
 
 
 class Pair(NamedTuple):
@@ -96,9 +104,8 @@ class PairDataset:
                 data, affine = io.load_image(f)
                 if images and data.shape != images[0].shape:
                     raise ValueError(f"{f}: shape {data.shape} differs from {images[0].shape} of the first image")
-                positive = data[data > 0]
-                data = np.clip(data / (np.percentile(positive, 99.5) if positive.size else 1.0), 0, 1)
-                images.append(data.astype(np.float32))
+                data = scale_intensity(data)
+                images.append(data)
                 if label_file is not None:
                     lab, _ = io.load_image((path.parent / label_file).resolve())
                     if lab.shape != data.shape:
