@@ -44,6 +44,7 @@ __all__ = [
     "as_kind",
 ]
 
+CHECKED_KEY = "rli2it:checked"  # metadata of an image read_image has validated
 SLICE_KEY = "rli2it:one_slice_volume"  # metadata of a 2D image read from a one-slice 3D file: its 3D geometry
 WORKING_GRID = {3: {"spacing": 2.0, "shape": (96, 112, 96)}, 2: {"spacing": 2.0, "shape": (128, 128)}}
 RAS_IN_LPS = {3: (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0), 2: (-1.0, 0.0, 0.0, -1.0)}
@@ -120,6 +121,8 @@ def read_image(source: Any, name: str = "image") -> Any:
                 raise ValueError(f"{path}: {e}") from e
             raise ValueError(f"{path}: not a readable image ({str(e).strip().splitlines()[-1]})") from e
     elif isinstance(source, sitk.Image):
+        if source.HasMetaDataKey(CHECKED_KEY):  # read and checked here before: no second pass over the voxels
+            return source
         img = source
     elif hasattr(source, "affine") and hasattr(source, "dataobj"):  # nibabel
         img = _from_array_and_affine(np.asarray(source.dataobj, dtype=np.float32), source.affine)
@@ -185,6 +188,7 @@ def _validated(img: Any, label: str) -> Any:
     out = sitk.Cast(img, sitk.sitkFloat32)
     if img.HasMetaDataKey(SLICE_KEY):
         out.SetMetaData(SLICE_KEY, img.GetMetaData(SLICE_KEY))
+    out.SetMetaData(CHECKED_KEY, "1")
     return out
 
 

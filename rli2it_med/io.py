@@ -26,26 +26,14 @@ __all__ = [
     "save_json",
     "load_json",
     "load_image",
-    "save_image",
     "save_png",
 ]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the user's usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 @contextmanager
@@ -61,7 +49,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the user's usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -128,26 +116,6 @@ def load_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{path}: contains NaN or infinite voxels")
     return data, np.asarray(img.affine, dtype=np.float64)
-
-
-def save_image(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
-    """Write a NIfTI image (``.nii`` / ``.nii.gz``) atomically; 2D arrays become one-slice volumes."""
-    import nibabel as nib
-
-    array = np.asarray(array)
-    if array.ndim == 2:
-        array = array[..., None]
-    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
-    atomic_write_bytes(path, _nifti_bytes(img, str(path)))
-
-
-def _nifti_bytes(img: Any, name: str) -> bytes:
-    import gzip
-
-    raw = img.to_bytes()
-    return gzip.compress(raw, compresslevel=1, mtime=0) if name.endswith(".gz") else raw
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> None:

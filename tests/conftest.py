@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,3 +29,16 @@ def smooth_image(shape, seed=1, dtype=torch.float32):
     for x in axes:
         image = image * torch.sin(x / 4.0 + 6.28 * torch.rand(1, generator=g, dtype=torch.float64))
     return image[None, None].to(dtype)
+
+
+def save_nifti(path, array, affine):
+    """Write an array (2D arrays as one-slice volumes) as a NIfTI file with sform = qform = ``affine``."""
+    import nibabel as nib
+    import numpy as np
+
+    array = np.asarray(array)
+    img = nib.Nifti1Image(array[..., None] if array.ndim == 2 else array, np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))

@@ -17,6 +17,7 @@ from rli2it_med import io
 from rli2it_med.agent import Agent, AgentConfig
 from rli2it_med.api import StepwiseRegistrationNet
 from rli2it_med.registration.synthetic import demo_pair
+from tests.conftest import save_nifti
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = {3: REPO / "bundles" / "brain_mri_rl_registration", 2: REPO / "bundles" / "brain_mri_rl_registration_2d"}
@@ -138,7 +139,7 @@ def save_case(folder, pair, corrupt=False):
         ("fixed_seg", "fixed_label"),
         ("moving_seg", "moving_label"),
     ):
-        io.save_image(folder / f"{name}.nii.gz", pair[key], pair["affine"])
+        save_nifti(folder / f"{name}.nii.gz", pair[key], pair["affine"])
     if corrupt:
         (folder / "moving.nii.gz").write_bytes(b"truncated")
 
@@ -162,10 +163,10 @@ def test_a_bad_case_is_reported_and_the_batch_goes_on(tmp_path):
 
 def test_user_files_on_another_grid_are_resampled_to_the_fixed_space(tmp_path):
     pair = demo_pair(2)
-    io.save_image(tmp_path / "fixed.nii.gz", pair["fixed"], pair["affine"])
+    save_nifti(tmp_path / "fixed.nii.gz", pair["fixed"], pair["affine"])
     shifted = pair["affine"].copy()
     shifted[:3, 3] += shifted[:3, 0] * 3  # the same image stored 3 voxels further along x
-    io.save_image(tmp_path / "moving.nii.gz", np.roll(pair["moving"], -3, axis=0), shifted)
+    save_nifti(tmp_path / "moving.nii.gz", np.roll(pair["moving"], -3, axis=0), shifted)
     wf = workflow(2, ["inference.json"], "infer", output_dir=str(tmp_path / "out"),
                   fixed=str(tmp_path / "fixed.nii.gz"), moving=str(tmp_path / "moving.nii.gz"))  # fmt: skip
     wf.initialize()

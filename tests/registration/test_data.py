@@ -3,6 +3,7 @@ import pytest
 
 from rli2it_med import io
 from rli2it_med.registration.data import PairDataset
+from tests.conftest import save_nifti
 
 
 def test_shards_split_the_pairs_without_overlap():
@@ -21,8 +22,8 @@ def test_shards_split_the_pairs_without_overlap():
 def test_datalist_of_nifti_files(tmp_path):
     rng = np.random.default_rng(1)
     for name in ("a", "b", "c"):
-        io.save_image(tmp_path / f"{name}.nii.gz", rng.random((10, 12, 8)) * 500, np.diag([2, 2, 2, 1]))
-        io.save_image(tmp_path / f"{name}_seg.nii.gz", rng.integers(0, 3, (10, 12, 8)).astype(np.int16), np.eye(4))
+        save_nifti(tmp_path / f"{name}.nii.gz", rng.random((10, 12, 8)) * 500, np.diag([2, 2, 2, 1]))
+        save_nifti(tmp_path / f"{name}_seg.nii.gz", rng.integers(0, 3, (10, 12, 8)).astype(np.int16), np.eye(4))
     entry = lambda f, m: {"fixed_image": f"{f}.nii.gz", "moving_image": f"{m}.nii.gz",  # noqa: E731
                           "fixed_label": f"{f}_seg.nii.gz", "moving_label": f"{m}_seg.nii.gz"}  # fmt: skip
     io.save_json(tmp_path / "datalist.json", {"training": [entry("a", "b"), entry("c", "b")]})
@@ -32,7 +33,7 @@ def test_datalist_of_nifti_files(tmp_path):
     assert data.label_values == (1, 2) and data.spacing == (2.0, 2.0, 2.0)
     assert 0.0 <= float(data.images.min()) and float(data.images.max()) <= 1.0
 
-    io.save_image(tmp_path / "d.nii.gz", rng.random((10, 12, 9)), np.eye(4))
+    save_nifti(tmp_path / "d.nii.gz", rng.random((10, 12, 9)), np.eye(4))
     io.save_json(tmp_path / "bad.json", {"training": [{"fixed_image": "a.nii.gz", "moving_image": "d.nii.gz"}]})
     with pytest.raises(ValueError, match="d.nii.gz"):
         PairDataset.from_datalist(tmp_path / "bad.json")
