@@ -10,6 +10,7 @@ end-to-end time and peak memory against ANTsPy SyN on the same pair.
    defaults) on the same files, each process's peak resident memory.
 
     python bench/clinical.py --pairs 10
+    python bench/clinical.py --skip-dice --breakdown     # timing table only, plus rli2it's stages at 1 mm
 """
 
 from __future__ import annotations
@@ -154,6 +155,27 @@ print(json.dumps({"seconds": seconds, "peak_mb": peak, "dice": dice}))
 """
 
 
+BREAKDOWN = """
+import sys, time, json
+t0 = time.perf_counter()
+import torch
+torch.set_num_threads(2)
+from rli2it_med import clinical
+t1 = time.perf_counter()
+fixed, moving, fseg, mseg = clinical.read_pair(*sys.argv[1:5])
+t2 = time.perf_counter()
+net = clinical.load_network(None, 3)
+t3 = time.perf_counter()
+r = clinical.register_images(fixed, moving, net, fseg, mseg, device="cpu")
+t4 = time.perf_counter()
+o = sys.argv[5]
+clinical.save_outputs(r, fixed, moving, fseg, o + "/w.nii.gz", o + "/ws.nii.gz", o + "/t.h5", None, None, o + "/s.json")
+t5 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "read": t2 - t1, "model": t3 - t2, "register": t4 - t3,
+                  "affine": r.stats["seconds_affine"], "agent": r.stats["seconds_agent"], "write": t5 - t4}))
+"""
+
+
 def run(script: str, files: dict[str, Path], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2", OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
@@ -175,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=str(ROOT / "data" / "brain3d"))
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--skip-dice", action="store_true")
+    parser.add_argument("--breakdown", action="store_true", help="also time each stage of rli2it on the 1 mm pair")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     report: dict = {"date": time.strftime("%Y-%m-%d")}
@@ -192,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
             ours = run(RUN_RLI2IT, files, tmp / f"ours{mm:g}")
             syn = run(RUN_ANTS, files, tmp / f"ants{mm:g}")
             report["timing"].append({"grid": f"{mm:g} mm {'x'.join(map(str, shape))}", "rli2it": ours, "syn": syn})
+            if args.breakdown and mm == 1.0:
+                report["breakdown_1mm"] = run(BREAKDOWN, files, tmp / "breakdown")
         print("\nOne pair end to end, fresh process each (2 threads)")
         print(
             "| grid | rli2it s | ANTsPy SyN s | SyN / rli2it | rli2it peak MB | SyN peak MB | Dice GM/WM rli2it | SyN |"
@@ -202,6 +227,11 @@ def main(argv: list[str] | None = None) -> None:
             dg = lambda d: (d["2"] + d["3"]) / 2  # noqa: E731
             print(f"| {r['grid']} | {o['seconds']:.1f} | {s['seconds']:.1f} | {s['seconds'] / o['seconds']:.1f} | "
                   f"{o['peak_mb']:.0f} | {s['peak_mb']:.0f} | {dg(o['dice']):.3f} | {dg(s['dice']):.3f} |")  # fmt: skip
+    if "breakdown_1mm" in report:
+        print(
+            "\nrli2it stages on the 1 mm pair (s): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in report["breakdown_1mm"].items())
+        )
     print(json.dumps(report))
 
 
