@@ -82,7 +82,17 @@ def sitk_demons(pair: Pair, iterations: int, sigma: float) -> torch.Tensor:
 
 
 # --- MONAI VoxelMorph, trained here ----------------------------------------------------------------------------------
-def train_voxelmorph(train: PairDataset, minutes: float, batch_size: int, seed: int = 0):
+def train_voxelmorph(
+    train: PairDataset,
+    minutes: float,
+    batch_size: int,
+    seed: int = 0,
+    kernel_size: int = 9,
+    smooth_weight: float = 1.0,
+    lr: float = 1e-4,
+):
+    """MONAI's default VoxelMorph trained unsupervised (LNCC + ``smooth_weight`` x diffusion) for ``minutes``;
+    returns the network, the iterations run and the minutes used."""
     from monai.losses import DiffusionLoss
     from monai.networks.nets import VoxelMorph
 
@@ -91,15 +101,15 @@ def train_voxelmorph(train: PairDataset, minutes: float, batch_size: int, seed: 
     torch.manual_seed(seed)
     nd = train.spatial_dims
     net = VoxelMorph(spatial_dims=nd)
-    ncc = LocalNCC(nd, kernel_size=9)
+    ncc = LocalNCC(nd, kernel_size=kernel_size)
     smooth = DiffusionLoss()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     start, iters = time.perf_counter(), 0
     while time.perf_counter() - start < minutes * 60:
         pair = train.get(rng.integers(0, len(train), batch_size))
         moved, ddf = net(pair.moving, pair.fixed)
-        loss = ncc(moved, pair.fixed) + 1.0 * smooth(ddf)
+        loss = ncc(moved, pair.fixed) + smooth_weight * smooth(ddf)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -25,7 +25,7 @@ from rli2it_med.agent.checkpoint import load_checkpoint
 from rli2it_med.agent.networks import Agent, AgentConfig
 from rli2it_med.registration.data import Pair
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
-from rli2it_med.registration.grid import downsample_image, upsample_field
+from rli2it_med.registration.grid import downsample_image, downsample_labels, upsample_field
 from rli2it_med.registration.rewards import mean_dice
 from rli2it_med.registration.task import upgrade_config
 from rli2it_med.registration.warp import warp
@@ -110,10 +110,17 @@ class StepwiseRegistrationNet(nn.Module):
         steps: episode length T at inference.
         max_step: bound of each step field (voxels).
         grid_scale: pooling factor of the episode grid.
+        stop_dice: when label maps are given to :meth:`rollout`, a pair stops moving once its Dice reaches this
+            (the episode end of agents trained with ``EnvConfig.stop_dice``, e.g. DigitsTransform).
     """
 
     def __init__(
-        self, agent: Agent | AgentConfig | dict, steps: int = 6, max_step: float = 2.0, grid_scale: int = 1
+        self,
+        agent: Agent | AgentConfig | dict,
+        steps: int = 6,
+        max_step: float = 2.0,
+        grid_scale: int = 1,
+        stop_dice: float | None = None,
     ) -> None:
         super().__init__()
         if isinstance(agent, dict):
@@ -124,6 +131,7 @@ class StepwiseRegistrationNet(nn.Module):
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.steps, self.max_step, self.grid_scale = int(steps), float(max_step), int(grid_scale)
+        self.stop_dice = stop_dice
         self.metadata: dict[str, Any] = {}
 
     @property
@@ -131,18 +139,29 @@ class StepwiseRegistrationNet(nn.Module):
         return self.agent.config.spatial_dims
 
     def rollout(
-        self, fixed: torch.Tensor, moving: torch.Tensor, steps: int | None = None
+        self,
+        fixed: torch.Tensor,
+        moving: torch.Tensor,
+        steps: int | None = None,
+        fixed_seg: torch.Tensor | None = None,
+        moving_seg: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the episode on (B, 1, *S) tensors; return ``Phi_T`` on the input grid and ``Phi_t`` (t = 0..T) on the
-        episode grid."""
+        episode grid. Label maps matter only with ``stop_dice`` (pairs stop once their Dice reaches it)."""
         steps = self.steps if steps is None else int(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         scale = self.grid_scale
-        env = RegistrationEnv(
-            EnvConfig(max_steps=max(steps, 1), max_step=self.max_step, reward="none"), device=fixed.device
+        stop = self.stop_dice is not None and fixed_seg is not None and moving_seg is not None
+        env_config = EnvConfig(
+            max_steps=max(steps, 1),
+            max_step=self.max_step,
+            reward="labels" if stop else "none",
+            stop_dice=self.stop_dice if stop else None,
         )
-        coarse = Pair(downsample_image(fixed, scale), downsample_image(moving, scale), None, None)
+        env = RegistrationEnv(env_config, device=fixed.device)
+        segs = (downsample_labels(fixed_seg, scale), downsample_labels(moving_seg, scale)) if stop else (None, None)
+        coarse = Pair(downsample_image(fixed, scale), downsample_image(moving, scale), *segs)
         obs, info = env.reset(options={"pair": coarse})
         fields = [info["field"]]
         for _ in range(steps):
@@ -167,7 +186,13 @@ class StepwiseRegistrationNet(nn.Module):
         try:
             cfg = upgrade_config(payload["config"])
             env = EnvConfig(**cfg["env"])
-            net = cls(cfg["agent"], env.max_steps if steps is None else steps, env.max_step, cfg.get("grid_scale", 1))
+            net = cls(
+                cfg["agent"],
+                env.max_steps if steps is None else steps,
+                env.max_step,
+                cfg.get("grid_scale", 1),
+                env.stop_dice,
+            )
             net.agent.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
@@ -215,7 +240,9 @@ class Registrator:
         grid_scale: int = 1,
     ) -> None:
         self.device = resolve_device(device)
-        self.net = StepwiseRegistrationNet(agent, env_config.max_steps, env_config.max_step, grid_scale)  # validates
+        self.net = StepwiseRegistrationNet(  # validates
+            agent, env_config.max_steps, env_config.max_step, grid_scale, env_config.stop_dice
+        )
         self.net.to(self.device).eval()
         self.agent = self.net.agent
         self.env_config = env_config
@@ -225,7 +252,8 @@ class Registrator:
     @classmethod
     def from_net(cls, net: StepwiseRegistrationNet, device: str | torch.device | None = "auto") -> Registrator:
         """The registrator of a :class:`StepwiseRegistrationNet` (same agent, episode length and grid)."""
-        reg = cls(net.agent, EnvConfig(max_steps=net.steps, max_step=net.max_step), device, net.grid_scale)
+        env = EnvConfig(max_steps=net.steps, max_step=net.max_step, stop_dice=net.stop_dice)
+        reg = cls(net.agent, env, device, net.grid_scale)
         reg.metadata = net.metadata
         return reg
 
@@ -271,7 +299,7 @@ class Registrator:
         scale, shape = self.grid_scale, tuple(pair.fixed.shape[2:])
 
         start = time.perf_counter()
-        field, fields = self.net.rollout(pair.fixed, pair.moving, steps)
+        field, fields = self.net.rollout(pair.fixed, pair.moving, steps, pair.fixed_seg, pair.moving_seg)
         warped = warp(pair.moving, field)
         warped_seg = None if pair.moving_seg is None else warp(pair.moving_seg, field, mode="nearest")
         if self.device.type == "cuda":

@@ -65,3 +65,18 @@ def test_network_form_gives_the_registrators_field(model_path):
     assert net.rollout(fixed, moving, steps=0)[0].abs().max() == 0
     with pytest.raises(ValueError, match="fixed, moving"):
         net(torch.rand(1, 1, 32, 32))
+
+
+def test_stop_dice_holds_pairs_that_reached_it(model_path, tmp_path):
+    payload = torch.load(model_path, weights_only=True)
+    payload["config"]["env"]["stop_dice"] = 0.9
+    path = tmp_path / "stop.pt"
+    save_checkpoint(path, payload["config"], payload["state_dict"])
+    reg = Registrator.load(path, "cpu")
+    fixed, moving = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    seg = (fixed > 0.5).long()
+    moving_seg = torch.stack([seg[0], (moving[1] > 0.5).long()])  # pair 0 starts at Dice 1, pair 1 does not
+    res = reg.register(fixed, moving, fixed_seg=seg, moving_seg=moving_seg)
+    assert res.field[0].abs().max() == 0 and res.field[1].abs().max() > 0
+    free = Registrator.load(model_path, "cpu").register(fixed, moving, fixed_seg=seg, moving_seg=moving_seg)
+    assert free.field[0].abs().max() > 0  # without stop_dice the same agent moves it

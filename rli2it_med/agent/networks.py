@@ -1,8 +1,9 @@
 """Planner, actor and twin critic of the RL-I2IT agent (SPEC section 2), for 2D and 3D states.
 
 - :class:`Planner`: conv encoder of the state -> diagonal Gaussian plan ``N(mu, sigma)`` + skip features.
-- :class:`Actor`: the plan, broadcast as a 1x1(x1) map onto the deepest features, decoded U-Net-wise with the
-  planner's skips into the action, bounded by ``action_bound * tanh``.
+- :class:`Actor`: the plan, broadcast as a 1x1(x1) map onto the deepest features (a vector plan) or laid on them as
+  a small map (a map plan, e.g. DigitsTransform's 1x7x7), decoded U-Net-wise with the planner's skips into the
+  action, bounded by ``action_bound * tanh``.
 - :class:`TwinCritic`: two Q networks ``Q(s, plan)`` (conv encoder of the state, concatenated with the plan).
 
 The action has the state's grid; tasks that work on a coarser grid than their images (3D registration) pool the
@@ -31,8 +32,12 @@ class AgentConfig:
         spatial_dims: 2 or 3.
         in_channels: channels of the state.
         action_channels: channels of the action (``spatial_dims`` for a displacement field).
-        plan_dim: size of the plan vector.
+        plan_dim: size of the plan vector (for a map plan: ``plan_channels`` x the deepest level's voxels).
+        plan_channels: 0 for a vector plan (from globally pooled deepest features); > 0 for a map plan with this
+            many channels on the deepest level's grid, flattened to ``plan_dim`` values for the critic and SAC.
         channels: encoder widths; the first level keeps the working resolution, each next one halves it.
+        downsample: how each encoder level halves the resolution: ``"stride"`` (stride-2 3x3 conv) or
+            ``"maxpool"`` (2x max-pool, then a 3x3 conv); the critic's encoder too.
         critic_channels: widths of each critic's strided conv encoder.
         critic_hidden: width of the critic's head.
         action_level: the actor decodes up to this encoder level and its output is upsampled (bi/trilinear) to the
@@ -46,7 +51,9 @@ class AgentConfig:
     in_channels: int = 2
     action_channels: int = 2
     plan_dim: int = 64
+    plan_channels: int = 0
     channels: tuple[int, ...] = (16, 32, 32, 32)
+    downsample: str = "stride"
     critic_channels: tuple[int, ...] = (16, 32, 32, 64)
     critic_hidden: int = 256
     action_level: int = 0
@@ -61,6 +68,10 @@ class AgentConfig:
         self.critic_channels = tuple(self.critic_channels)
         if not self.channels or not self.critic_channels:
             raise ValueError("channels and critic_channels must not be empty")
+        if self.downsample not in DOWNSAMPLING:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {self.downsample!r}")
+        if self.plan_channels < 0:
+            raise ValueError(f"plan_channels must be >= 0, got {self.plan_channels}")
         if not 0 <= self.action_level < len(self.channels):
             raise ValueError(f"action_level must lie in [0, {len(self.channels) - 1}], got {self.action_level}")
 
@@ -78,9 +89,20 @@ class PlannerOutput(NamedTuple):
         return Independent(Normal(self.mean, torch.exp(0.5 * self.logvar)), 1)
 
 
+DOWNSAMPLING = ("stride", "maxpool")
+
+
 def _conv(spatial_dims: int, cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
     return nn.Sequential(conv(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2, inplace=True))
+
+
+def _down(config: AgentConfig, cin: int, cout: int) -> nn.Sequential:
+    """A level that halves the resolution: stride-2 conv, or max-pool then conv."""
+    nd = config.spatial_dims
+    if config.downsample == "stride":
+        return _conv(nd, cin, cout, stride=2)
+    return nn.Sequential((nn.MaxPool2d, nn.MaxPool3d)[nd - 2](2), *_conv(nd, cin, cout))
 
 
 def _check_state(x: torch.Tensor, config: AgentConfig) -> None:
@@ -99,9 +121,12 @@ class Planner(nn.Module):
         self.config = config
         nd, ch = config.spatial_dims, config.channels
         self.levels = nn.ModuleList(
-            [_conv(nd, config.in_channels, ch[0])] + [_conv(nd, ch[i - 1], ch[i], stride=2) for i in range(1, len(ch))]
+            [_conv(nd, config.in_channels, ch[0])] + [_down(config, ch[i - 1], ch[i]) for i in range(1, len(ch))]
         )
-        self.head = nn.Linear(ch[-1], 2 * config.plan_dim)
+        if config.plan_channels:
+            self.head = (nn.Conv2d, nn.Conv3d)[nd - 2](ch[-1], 2 * config.plan_channels, 3, padding=1)
+        else:
+            self.head = nn.Linear(ch[-1], 2 * config.plan_dim)
 
     def forward(self, state: torch.Tensor) -> PlannerOutput:
         _check_state(state, self.config)
@@ -109,7 +134,16 @@ class Planner(nn.Module):
         for level in self.levels:
             x = level(x)
             skips.append(x)
-        mean, raw = self.head(x.flatten(2).mean(-1)).chunk(2, dim=1)
+        if self.config.plan_channels:
+            mean, raw = (m.flatten(1) for m in self.head(x).chunk(2, dim=1))
+            if mean.shape[1] != self.config.plan_dim:
+                raise ValueError(
+                    f"a {self.config.plan_channels}-channel plan map on the deepest grid {tuple(x.shape[2:])} has "
+                    f"{mean.shape[1]} values but plan_dim is {self.config.plan_dim}; set plan_dim to match the "
+                    f"state size {tuple(state.shape[2:])}"
+                )
+        else:
+            mean, raw = self.head(x.flatten(2).mean(-1)).chunk(2, dim=1)
         lo, hi = self.config.logvar_min, self.config.logvar_max
         logvar = lo + 0.5 * (hi - lo) * (torch.tanh(raw) + 1)  # smooth squash into [lo, hi]
         return PlannerOutput(mean, logvar, skips)
@@ -122,8 +156,12 @@ class Actor(nn.Module):
         super().__init__()
         self.config = config
         nd, ch = config.spatial_dims, config.channels
-        self.plan_in = nn.Linear(config.plan_dim, ch[-1])
-        self.bottom = _conv(nd, 2 * ch[-1], ch[-1])
+        if config.plan_channels:
+            self.plan_in = None
+            self.bottom = _conv(nd, ch[-1] + config.plan_channels, ch[-1])
+        else:
+            self.plan_in = nn.Linear(config.plan_dim, ch[-1])
+            self.bottom = _conv(nd, 2 * ch[-1], ch[-1])
         top = config.action_level
         self.ups = nn.ModuleList(_conv(nd, ch[i + 1] + ch[i], ch[i]) for i in reversed(range(top, len(ch) - 1)))
         conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
@@ -135,8 +173,11 @@ class Actor(nn.Module):
         if plan.ndim != 2 or plan.shape[1] != self.config.plan_dim:
             raise ValueError(f"expected a plan of shape (B, {self.config.plan_dim}), got {tuple(plan.shape)}")
         deepest = skips[-1]
-        p = self.plan_in(plan).view(*plan.shape[:1], -1, *([1] * self.config.spatial_dims))
-        x = self.bottom(torch.cat([deepest, p.expand_as(deepest)], dim=1))
+        if self.plan_in is None:
+            p = plan.view(plan.shape[0], self.config.plan_channels, *deepest.shape[2:])
+        else:
+            p = self.plan_in(plan).view(*plan.shape[:1], -1, *([1] * self.config.spatial_dims)).expand_as(deepest)
+        x = self.bottom(torch.cat([deepest, p], dim=1))
         for up, skip in zip(self.ups, reversed(skips[self.config.action_level : -1])):
             x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
             x = up(torch.cat([x, skip], dim=1))
@@ -152,10 +193,10 @@ class QNetwork(nn.Module):
 
     def __init__(self, config: AgentConfig) -> None:
         super().__init__()
-        nd, ch = config.spatial_dims, config.critic_channels
+        ch = config.critic_channels
         self.config = config
         self.encoder = nn.Sequential(
-            *[_conv(nd, config.in_channels if i == 0 else ch[i - 1], ch[i], stride=2) for i in range(len(ch))]
+            *[_down(config, config.in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(len(ch))]
         )
         self.head = nn.Sequential(
             nn.Linear(ch[-1] + config.plan_dim, config.critic_hidden),

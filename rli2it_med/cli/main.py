@@ -7,6 +7,9 @@ rli2it register --fixed F.nii.gz --moving M.nrrd --warped-out W.nii.gz --transfo
 rli2it register --pairs pairs.csv --out-dir results/
 rli2it warp --fixed F.nii.gz --moving M_seg.nii.gz --transform T.h5 --out W_seg.nii.gz --nearest
 rli2it jacobian --fixed F.nii.gz --transform T.h5 --out J.nii.gz
+rli2it digits train --out runs/digits --minutes 10
+rli2it digits evaluate [--model runs/digits/best.pt]
+rli2it digits demo --out digits.png
 """
 
 from __future__ import annotations
@@ -165,8 +168,106 @@ def _jacobian(args: argparse.Namespace) -> int:
     return 0
 
 
+def _digits_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from rli2it_med.io import load_json
+    from rli2it_med.registration.train import TrainConfig
+    from rli2it_vision import digits
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_path = Path(args.out) / "config.json"
+    if args.resume and config_path.is_file():
+        cfg = TrainConfig.from_dict(load_json(config_path))
+    else:
+        cfg = digits.default_config(out=args.out)
+    for name in ("minutes", "seed", "device", "max_updates"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    result = digits.train_digits(cfg, args.mode, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _digits_registrator(args: argparse.Namespace):
+    import torch
+
+    from rli2it_med.api import Registrator
+    from rli2it_vision import digits
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return Registrator.load(args.model or digits.DEFAULT_MODEL, args.device)
+
+
+def _digits_evaluate(args: argparse.Namespace) -> int:
+    from rli2it_vision import digits
+
+    reg = _digits_registrator(args)
+    pairs = digits.digit_pairs(args.split, args.mode, args.per_digit, args.seed)
+    m = digits.evaluate_digits(reg, pairs, args.steps)
+    print(f"{args.model or digits.DEFAULT_MODEL} on MNIST [{args.split}, {args.mode}-digit pairs, n={len(pairs)}]")
+    print("  digit  " + " ".join(f"{d:>6}" for d in range(10)) + "    mean")
+    for name, key in (("before", "dice_initial_per_digit"), ("after", "dice_per_digit")):
+        print(f"  {name:<6} " + " ".join(f"{v:6.3f}" for v in m[key]) + f"  {m[key].mean():6.3f}")
+    print("  Dice after each step t: " + " ".join(f"{t}:{d:.3f}" for t, d in enumerate(m["dice_steps"])))
+    print(f"  folding {m['folding_percent']:.3f} %, {1000 * m['seconds_per_pair']:.2f} ms per pair")
+    if args.json:
+        from rli2it_med.io import save_json
+
+        save_json(args.json, {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in m.items() if k != "dice"})
+    return 0
+
+
+def _digits_demo(args: argparse.Namespace) -> int:
+    from rli2it_vision import digits
+
+    reg = _digits_registrator(args)
+    pairs = digits.digit_pairs("test", args.mode, 1, args.seed)
+    path = digits.demo_strip(reg, pairs, args.out, args.pairs)
+    print(f"wrote {path}: rows = pairs; columns = source, steps t = 1..{reg.env_config.max_steps}, target")
+    return 0
+
+
+def _add_digits(sub) -> None:
+    d = sub.add_parser("digits", help="DigitsTransform on MNIST: deform a source digit step by step into a target")
+    dsub = d.add_subparsers(dest="digits_command", required=True)
+    t = dsub.add_parser("train", help="train (or resume) the DigitsTransform agent")
+    t.add_argument("--out", default="runs/digits", help="run folder")
+    t.add_argument("--minutes", type=float, help="wall-clock budget (default 10)")
+    t.add_argument("--max-updates", type=int)
+    t.add_argument("--mode", default="same", choices=("same", "cross"), help="same-digit or cross-digit pairs")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_digits_train)
+    for name, func, text in (
+        ("evaluate", _digits_evaluate, "Dice per digit, before and after, and Dice after each step"),
+        ("demo", _digits_demo, "PNG strip of the steps (source -> t = 1..T -> target) for a few test pairs"),
+    ):
+        c = dsub.add_parser(name, help=text)
+        c.add_argument("--model", help="checkpoint (default: the shipped DigitsTransform weights)")
+        c.add_argument("--mode", default="same", choices=("same", "cross"))
+        c.add_argument("--seed", type=int, default=0, help="seed of the pair sampler")
+        c.add_argument("--device", default="auto")
+        c.add_argument("--threads", type=int)
+        c.set_defaults(func=func)
+        if name == "evaluate":
+            c.add_argument("--split", default="test", choices=("train", "val", "test"))
+            c.add_argument("--per-digit", type=int, help="pairs per digit (default 100 on test)")
+            c.add_argument("--steps", type=int, help="agent steps T (default: the trained episode length)")
+            c.add_argument("--json", help="also write the results here")
+        else:
+            c.add_argument("--out", default="digits_demo.png", help="PNG to write")
+            c.add_argument("--pairs", type=int, default=10, help="pairs (rows) in the strip, one per digit")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rli2it", description="RL-I2IT step-wise registration")
+    parser = argparse.ArgumentParser(prog="rli2it", description="RL-I2IT step-wise registration and vision tasks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a registration agent")
@@ -247,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--out", required=True)
     j.add_argument("--log", action="store_true", help="write log(det) (det clipped at 1e-6)")
     j.set_defaults(func=_jacobian)
+    _add_digits(sub)
     return parser
 
 
@@ -254,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ImportError, ValueError, TypeError) as e:
         print(f"rli2it {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -37,6 +37,8 @@ class EnvConfig:
         pseudo_classes: clusters of the pseudo-segmentation.
         terminal_bonus: added once when the Dice first passes ``bonus_threshold``.
         bonus_threshold: Dice for the terminal bonus.
+        stop_dice: an item's episode ends (``terminated``) once its Dice reaches this; later steps of the batch
+            leave it unchanged (zero action, zero reward). None: episodes always run ``max_steps`` steps.
     """
 
     max_steps: int = 10
@@ -46,12 +48,15 @@ class EnvConfig:
     pseudo_classes: int = 3
     terminal_bonus: float = 0.0
     bonus_threshold: float = 1.0
+    stop_dice: float | None = None
 
     def __post_init__(self) -> None:
         if self.reward not in REWARD_MODES:
             raise ValueError(f"reward must be one of {sorted(REWARD_MODES)}, got {self.reward!r}")
         if self.max_steps < 1 or self.max_step <= 0:
             raise ValueError(f"max_steps must be >= 1 and max_step > 0, got {self.max_steps}, {self.max_step}")
+        if self.stop_dice is not None and not 0 < self.stop_dice <= 1:
+            raise ValueError(f"stop_dice must lie in (0, 1] or be None, got {self.stop_dice}")
 
 
 class RegistrationEnv:
@@ -131,8 +136,11 @@ class RegistrationEnv:
             "t": 0,
             "indices": indices,
             "bonus_paid": torch.zeros(pair.fixed.shape[0], dtype=torch.bool, device=self.device),
+            "done": torch.zeros(pair.fixed.shape[0], dtype=torch.bool, device=self.device),
         }
         self._state["dice"] = self._dice(moving_seg, fixed_seg, label_values, pair.fixed.shape[0])
+        if self.config.stop_dice is not None and label_values:
+            self._state["done"] = self._state["dice"] >= self.config.stop_dice  # pairs that start at the goal stay
         return self.observation(), self._info()
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
@@ -149,6 +157,8 @@ class RegistrationEnv:
         if tuple(action.shape) != tuple(field.shape):
             raise ValueError(f"action must have shape {tuple(field.shape)}, got {tuple(action.shape)}")
         action = action.to(field).clamp(-cfg.max_step, cfg.max_step)
+        if st["done"].any():
+            action = action * (~st["done"]).view(-1, *([1] * (action.ndim - 1)))
         field = compose(field, action)
         st["field"] = field
         st["warped"] = warp(st["pair"].moving, field)
@@ -163,7 +173,9 @@ class RegistrationEnv:
         st["dice"] = dice
         st["t"] += 1
         batch = field.shape[0]
-        terminated = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        if cfg.stop_dice is not None and st["label_values"]:
+            st["done"] = st["done"] | (dice >= cfg.stop_dice)
+        terminated = st["done"].clone()
         truncated = torch.full((batch,), st["t"] >= cfg.max_steps, dtype=torch.bool, device=self.device)
         return self.observation(), reward, terminated, truncated, self._info()
 
