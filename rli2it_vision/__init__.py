@@ -1,5 +1,9 @@
 """rli2it_vision: the RL-I2IT agent core applied to vision tasks.
 
-The tasks (DigitsTransform, inpainting, translation, style transfer) arrive with their own issues; each one reuses
-:mod:`rli2it_med.agent` and supplies only an environment, networks and losses.
+Each task reuses :mod:`rli2it_med.agent` and supplies only an environment, networks and losses:
+
+- :mod:`rli2it_vision.digits`: DigitsTransform on MNIST (the registration environment on 28x28 digits);
+- :mod:`rli2it_vision.editing`: the image-editing environment of inpainting and translation (the action is the next
+  image or the hole's content, the reward the PSNR gained), with :mod:`rli2it_vision.data` (offline faces, image
+  folders). Their networks, training and benchmarks come with issue 6; style transfer with issue 7.
 """

@@ -1,0 +1,65 @@
+"""Images for the vision tasks, in (N, C, H, W) float32 in [-1, 1]: the offline faces default and users' folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FACE_SPLITS", "IMAGE_SUFFIXES", "lfw_faces", "image_folder", "to_unit_range"]
+
+FACE_SPLITS = {"train": slice(0, 80), "test": slice(80, 100)}  # of the 100 aligned faces of lfw_subset
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """[0, 1] intensities -> [-1, 1] float32 tensor."""
+    return torch.as_tensor(np.asarray(images), dtype=torch.float32) * 2 - 1
+
+
+def lfw_faces(split: str = "train", size: int = 64) -> torch.Tensor:
+    """The 100 real aligned LFW faces that scikit-image ships (25x25 grey), upsampled (bicubic) to ``size``:
+    (N, 1, size, size) in [-1, 1]; a fixed split, the first 80 train and the last 20 test."""
+    if split not in FACE_SPLITS:
+        raise ValueError(f"split must be one of {sorted(FACE_SPLITS)}, got {split!r}")
+    from skimage.data import lfw_subset
+
+    faces = torch.as_tensor(lfw_subset()[:100][FACE_SPLITS[split]], dtype=torch.float32).unsqueeze(1)
+    faces = F.interpolate(faces, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+    return to_unit_range(faces)
+
+
+def image_folder(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
+    """Every image of a folder (CelebA-HQ style, sorted by name), centre-cropped square and resized to ``size``:
+    (N, channels, size, size) in [-1, 1]. An unreadable file is named in the error."""
+    from skimage import io as skio
+    from skimage.color import gray2rgb, rgb2gray, rgba2rgb
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder of images")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for f in files:
+        try:
+            image = skio.imread(f)
+        except Exception as e:  # noqa: BLE001 - any decoder error, reported with the file
+            raise ValueError(f"{f}: not a readable image ({e})") from e
+        if image.ndim == 3 and image.shape[-1] == 4:
+            image = rgba2rgb(image)
+        image = np.asarray(image, dtype=np.float64)
+        image = image / 255.0 if image.max() > 1 else image
+        if channels == 1 and image.ndim == 3:
+            image = rgb2gray(image)
+        elif channels == 3 and image.ndim == 2:
+            image = gray2rgb(image)
+        h, w = image.shape[:2]
+        s = min(h, w)
+        image = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        t = torch.as_tensor(image, dtype=torch.float32).reshape(s, s, -1).permute(2, 0, 1)[None]
+        out.append(F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0])
+    return to_unit_range(torch.stack(out).clamp(0, 1))
