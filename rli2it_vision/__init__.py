@@ -5,5 +5,6 @@ Each task reuses :mod:`rli2it_med.agent` and supplies only an environment, netwo
 - :mod:`rli2it_vision.digits`: DigitsTransform on MNIST (the registration environment on 28x28 digits);
 - :mod:`rli2it_vision.editing`: the image-editing environment of inpainting and translation (the action is the next
   image or the hole's content, the reward the PSNR gained), with :mod:`rli2it_vision.data` (offline faces, image
-  folders). Their networks, training and benchmarks come with issue 6; style transfer with issue 7.
+  folders), and :mod:`rli2it_vision.inpainting` (inpainting's nets, SNGAN discriminator and auxiliary loss). Their
+  training, command line and benchmarks come with issue 6; style transfer with issue 7.
 """

@@ -36,8 +36,9 @@ class AgentConfig:
         plan_channels: 0 for a vector plan (from globally pooled deepest features); > 0 for a map plan with this
             many channels on the deepest level's grid, flattened to ``plan_dim`` values for the critic and SAC.
         channels: encoder widths; the first level keeps the working resolution, each next one halves it.
-        downsample: how each encoder level halves the resolution: ``"stride"`` (stride-2 3x3 conv) or
-            ``"maxpool"`` (2x max-pool, then a 3x3 conv); the critic's encoder too.
+        downsample: how each encoder level halves the resolution: ``"stride"`` (stride-2 conv of ``down_kernel``)
+            or ``"maxpool"`` (2x max-pool, then a 3x3 conv); the critic's encoder too.
+        down_kernel: kernel of the stride-2 convs: 3, or 4 (the context-encoder-like nets of inpainting).
         critic_channels: widths of each critic's strided conv encoder.
         critic_hidden: width of the critic's head.
         action_level: the actor decodes up to this encoder level and its output is upsampled (bi/trilinear) to the
@@ -54,6 +55,7 @@ class AgentConfig:
     plan_channels: int = 0
     channels: tuple[int, ...] = (16, 32, 32, 32)
     downsample: str = "stride"
+    down_kernel: int = 3
     critic_channels: tuple[int, ...] = (16, 32, 32, 64)
     critic_hidden: int = 256
     action_level: int = 0
@@ -70,6 +72,8 @@ class AgentConfig:
             raise ValueError("channels and critic_channels must not be empty")
         if self.downsample not in DOWNSAMPLING:
             raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {self.downsample!r}")
+        if self.down_kernel not in (3, 4):
+            raise ValueError(f"down_kernel must be 3 or 4, got {self.down_kernel}")
         if self.plan_channels < 0:
             raise ValueError(f"plan_channels must be >= 0, got {self.plan_channels}")
         if not 0 <= self.action_level < len(self.channels):
@@ -100,6 +104,9 @@ def _conv(spatial_dims: int, cin: int, cout: int, stride: int = 1) -> nn.Sequent
 def _down(config: AgentConfig, cin: int, cout: int) -> nn.Sequential:
     """A level that halves the resolution: stride-2 conv, or max-pool then conv."""
     nd = config.spatial_dims
+    if config.downsample == "stride" and config.down_kernel == 4:
+        conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
+        return nn.Sequential(conv(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
     if config.downsample == "stride":
         return _conv(nd, cin, cout, stride=2)
     return nn.Sequential((nn.MaxPool2d, nn.MaxPool3d)[nd - 2](2), *_conv(nd, cin, cout))

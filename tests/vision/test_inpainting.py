@@ -1,0 +1,71 @@
+import torch
+
+from rli2it_med.agent import Agent, EpisodeReplayBuffer, ReplayBatch
+from rli2it_vision.data import lfw_faces
+from rli2it_vision.editing import EditConfig, ImageEditEnv, ImagePairs
+from rli2it_vision.inpainting import Discriminator, InpaintingTask, InpaintLossConfig, agent_config, border_weights
+
+
+def test_discriminator_is_spectrally_normalised():
+    d = Discriminator(3)
+    layers = [m for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 5
+    for m in layers:
+        assert torch.nn.utils.parametrize.is_parametrized(m, "weight")
+        with torch.no_grad():
+            for _ in range(20):  # power iterations settle
+                d(torch.rand(2, 3, 32, 32))
+        d.eval()
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
+        d.train()
+        assert abs(float(sigma) - 1.0) < 0.05
+    assert d(torch.rand(4, 3, 64, 64)).shape == (4,)
+
+
+def test_border_weights_by_hand():
+    w = border_weights(6, 2, 5.0)
+    assert w[2:4, 2:4].eq(1).all() and w[0].eq(5).all() and w[:, 5].eq(5).all() and w.sum() == 4 + 32 * 5
+
+
+def test_agent_uses_4x4_stride_2_convs_and_a_256_plan():
+    agent = Agent(agent_config(1))
+    convs = [m for m in agent.planner.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs[1:]] == [(4, 4)] * 3 and all(c.stride == (2, 2) for c in convs[1:])
+    plan, action, _ = agent.act(torch.rand(2, 1, 64, 64) * 2 - 1)
+    assert plan.shape == (2, 256) and action.shape == (2, 1, 64, 64) and action.abs().max() <= 1
+
+
+def test_replayed_states_rebuild_the_environments_and_the_auxiliary_loss_falls():
+    faces = lfw_faces("train", 32)
+    loss = InpaintLossConfig(hole=16, border=2)
+    env = ImageEditEnv(EditConfig(max_steps=2, hole=16), ImagePairs(faces, faces), batch_size=4)
+    agent = Agent(agent_config(1, channels=(8, 16, 32), critic_channels=(8, 16, 32), plan_dim=16))
+    task = InpaintingTask(faces, loss)
+    obs, info = env.reset(seed=0)
+    states, fills = [obs], [obs[..., 8:24, 8:24]]
+    for _ in range(2):
+        obs, *_, info = env.step(agent.act(obs)[1].detach())
+        states.append(obs)
+        fills.append(obs[..., 8:24, 8:24])
+    buffer = EpisodeReplayBuffer(8, storage_dtype=torch.float32)
+    index = info["indices"].view(1, -1).expand(3, -1)
+    buffer.add(
+        {"index": index, "fill": torch.stack(fills)}, torch.zeros(2, 4, 16), torch.zeros(2, 4), torch.zeros(2, 4)
+    )
+    batch = buffer.sample(6, torch.Generator().manual_seed(0))
+    rebuilt, rebuilt_next = task.observations(batch)
+    flat = torch.stack(states)  # (T+1, B, ...)
+    for i in range(6):
+        match = [(t, b) for t in range(3) for b in range(4) if torch.equal(flat[t, b], rebuilt[i])]
+        assert match and any(torch.equal(flat[t + 1, b], rebuilt_next[i]) for t, b in match if t < 2)
+    batch = ReplayBatch(batch.state, batch.next_state, batch.plan, batch.reward, batch.done)
+    opt = torch.optim.Adam(list(agent.planner.parameters()) + list(agent.actor.parameters()), lr=3e-3)
+    first, d_before = None, [p.detach().clone() for p in task.discriminator.parameters()]
+    for _ in range(40):
+        terms = task.auxiliary_loss(agent, batch, task.observations(batch)[0])
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        first = first if first is not None else terms["l1"].item()
+    assert terms["l1"].item() < 0.7 * first and "d_loss" in terms
+    assert any(not torch.equal(a, p) for a, p in zip(d_before, task.discriminator.parameters()))  # D trains too
