@@ -1,16 +1,12 @@
 """Training and evaluation of the registration agent (used by ``rli2it train`` / ``rli2it evaluate`` and bundles).
 
-Each round collects a batch of episodes with the stochastic policy (random plans during bootstrap) into the
-compact episode buffer, then runs SAC + auxiliary updates. Validation Dice decides ``best.pt``; ``model.pt`` is
-the latest weights and ``train_state.pt`` holds weights, optimisers, counters, elapsed time and RNG for
-``--resume`` (the replay buffer is refilled after a resume).
+The loop (rounds of collection and SAC updates, validation, checkpoints, resume) is
+:func:`rli2it_med.agent.loop.run_training`; registration supplies its environment, the replayed state
+(pair index + accumulated field) and validation: mean GM/WM Dice decides ``best.pt``.
 """
 
 from __future__ import annotations
 
-import math
-import resource
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +15,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, count_parameters
+from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, loop
 from rli2it_med.agent import distributed as ddp
-from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
+from rli2it_med.agent.loop import peak_memory_mb
 from rli2it_med.api import Registrator
 from rli2it_med.io import save_json
 from rli2it_med.registration.data import PairDataset
@@ -122,11 +118,6 @@ def default_config(spatial_dims: int, **overrides: Any) -> TrainConfig:
     return cfg
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def model_config(cfg: TrainConfig) -> dict:
     return {
         "agent": cfg.agent.to_dict(),
@@ -137,31 +128,13 @@ def model_config(cfg: TrainConfig) -> dict:
     }
 
 
-@torch.no_grad()
+def _components(info: dict) -> dict[str, torch.Tensor]:
+    return {"field": info["field"]}  # replayed states: the pair index (added by the loop) and Phi_t
+
+
 def collect(env: RegistrationEnv, agent: Agent, buffer: EpisodeReplayBuffer, random_plans: bool) -> dict[str, float]:
-    """Run one batch of episodes and store them; return the mean initial and final Dice."""
-    obs, info = env.reset()
-    fields, plans, rewards, dones = [info["field"]], [], [], []
-    dice0 = info["dice"].mean().item()
-    for _ in range(env.config.max_steps):
-        out = agent.planner(obs)
-        plan = torch.randn_like(out.mean) if random_plans else out.distribution().sample()
-        action = agent.actor(plan, out.skips)
-        obs, reward, terminated, _, info = env.step(action)
-        fields.append(info["field"])
-        plans.append(plan)
-        rewards.append(reward)
-        dones.append(terminated.float())
-    steps = len(rewards)
-    index = info["indices"].view(1, -1).expand(steps + 1, -1)
-    buffer.add(
-        {"index": index, "field": torch.stack(fields)}, torch.stack(plans), torch.stack(rewards), torch.stack(dones)
-    )
-    return {
-        "dice_initial": dice0,
-        "dice_final": info["dice"].mean().item(),
-        "return": torch.stack(rewards).sum(0).mean().item(),
-    }
+    """Run one batch of registration episodes and store them; return the mean initial and final Dice."""
+    return loop.collect(env, agent, buffer, random_plans, _components, "dice")
 
 
 def evaluate(
@@ -254,101 +227,15 @@ def train(
     sac = SAC(agent, task, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients if world > 1 else None)
     env = RegistrationEnv(cfg.env, task.pairs, cfg.env_batch, device)
     env.reset(seed=cfg.seed + rank)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf}
-    if resume and (out / "train_state.pt").is_file():
-        ts = torch.load(out / "train_state.pt", map_location=device, weights_only=False)
-        weights = ts["agent"] if "agent" in ts else load_checkpoint(out / "model.pt", device)["state_dict"]  # pre-0.1
-        agent.load_state_dict(weights)
-        sac.load_state_dict(ts["sac"])
-        state.update(ts["state"])
-        generator.set_state(ts["generator"])
-        env._rng = np.random.default_rng(ts["env_seed"] + rank)
-        if writer:
-            print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
     if writer:
         save_json(out / "config.json", cfg.to_dict())
 
-    budget = cfg.minutes * 60
-    start = time.perf_counter() - state["elapsed"]
-    next_eval = (sac.n_updates // cfg.eval_every + 1) * cfg.eval_every
-    summary: dict[str, Any] = {}
-    quiet = not (progress and writer)
-    bar = tqdm(total=int(budget), initial=int(state["elapsed"]), unit="s", disable=quiet, desc="train")
-
-    def elapsed() -> float:
-        return time.perf_counter() - start
-
-    def checkpoint() -> None:
-        nonlocal summary
-        state["elapsed"] = elapsed()
-        state["checkpointed_at"] = sac.n_updates
-        env_seed = int(env._rng.integers(2**31))
-        env._rng = np.random.default_rng(env_seed)
-        if not writer:
-            ddp.barrier()
-            return
+    def validate() -> dict[str, float]:
         reg = Registrator(agent, cfg.env, device, cfg.grid_scale)
         metrics = evaluate(reg, val_pairs, limit=cfg.val_pairs, batch_size=cfg.env_batch, hd95=False)
-        agent.train()
-        summary = summarize(metrics)
-        summary["dice_gm_wm"] = gm_wm_dice(metrics)
-        for k, v in summary.items():
-            logger.record(f"val/{k}", v)
-        logger.record("time/elapsed_min", state["elapsed"] / 60)
-        logger.record("time/peak_rss_mb", peak_memory_mb())
-        logger.record("train/lr_aux", sac.aux_optimizer.param_groups[0]["lr"])
-        logger.record("buffer/megabytes", buffer.nbytes / 2**20)
-        row = logger.dump(sac.n_updates)
-        extra = {"train_minutes": state["elapsed"] / 60, "updates": sac.n_updates, "val": summary}
-        save_checkpoint(out / "model.pt", model_config(cfg), agent.state_dict(), **extra)
-        if summary["dice_gm_wm"] > state["best"]:
-            state["best"] = summary["dice_gm_wm"]
-            save_checkpoint(out / "best.pt", model_config(cfg), agent.state_dict(), **extra)
-        torch.save(
-            {
-                "agent": agent.state_dict(),  # the weights of this very update: the file alone is a consistent resume
-                "sac": sac.state_dict(),
-                "state": state,
-                "generator": generator.get_state(),
-                "env_seed": env_seed,
-            },
-            out / "train_state.pt.tmp",
-        )
-        Path(out / "train_state.pt.tmp").replace(out / "train_state.pt")
-        bar.set_postfix(val_dice=f"{summary['dice_gm_wm']:.3f}", critic=f"{row.get('train/critic_loss', 0):.3g}")
-        ddp.barrier()
+        return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics)}
 
-    def keep_going() -> tuple[bool, float]:
-        """Process 0 decides, so every process stops after the same update at the same learning rate."""
-        go = elapsed() < budget and (cfg.max_updates is None or sac.n_updates < cfg.max_updates)
-        go_all, fraction = ddp.broadcast_values([float(go), min(1.0, elapsed() / budget)])
-        return bool(go_all), fraction
-
-    agent.train()
-    while True:
-        go, progress_fraction = keep_going()
-        if not go:
-            break
-        stats = collect(env, agent, buffer, random_plans=state["rounds"] < cfg.bootstrap_rounds)
-        for k, v in stats.items():
-            logger.record(f"rollout/{k}", v)
-        state["rounds"] += 1
-        if state["rounds"] > cfg.bootstrap_rounds:
-            sac.set_lr_scale(cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress_fraction)))
-            sac.train(cfg.updates_per_round, cfg.batch_size, generator)
-        bar.update(int(elapsed()) - bar.n)
-        if sac.n_updates >= next_eval:
-            checkpoint()
-            next_eval += cfg.eval_every
-    if state.get("checkpointed_at") != sac.n_updates:
-        checkpoint()
-    bar.close()
-    return {
-        "val": summary,
-        "updates": sac.n_updates,
-        "minutes": state["elapsed"] / 60,
-        "peak_rss_mb": peak_memory_mb(),
-        "parameters": count_parameters(agent.planner) + count_parameters(agent.actor),
-        "buffer_mb": buffer.nbytes / 2**20,
-    }
+    return loop.run_training(
+        cfg, agent, sac, env, buffer, _components, validate, model_config(cfg), "dice_gm_wm", "dice", logger, resume,
+        progress,
+    )  # fmt: skip

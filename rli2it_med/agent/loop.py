@@ -1,0 +1,217 @@
+"""The training loop every task shares: rounds of episode collection and SAC updates under a wall-clock budget.
+
+Each round collects a batch of episodes with the stochastic policy (random plans during bootstrap) into the compact
+episode buffer, then runs SAC + auxiliary updates with learning rates on a cosine from 1 to ``lr_floor`` over the
+budget. Every ``eval_every`` updates the task validates: ``model.pt`` is the latest weights, ``best.pt`` those of the
+best validation score, and ``train_state.pt`` holds weights, optimisers, counters, elapsed time and RNG for
+``resume`` (the replay buffer is refilled after a resume). Under ``torchrun`` process 0 decides when to stop, alone
+validates and writes, and the others wait at a barrier.
+
+A task supplies an environment, how to store a state compactly (``components``) and ``validate`` (a summary dict).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rli2it_med.agent import distributed as ddp
+from rli2it_med.agent.buffer import EpisodeReplayBuffer
+from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
+from rli2it_med.agent.logger import Logger
+from rli2it_med.agent.networks import Agent, count_parameters
+from rli2it_med.agent.sac import SAC
+
+__all__ = ["LoopSettings", "collect", "peak_memory_mb", "run_training"]
+
+
+class LoopSettings(Protocol):
+    """The fields of a task's training configuration that the loop reads."""
+
+    out: str
+    minutes: float
+    max_updates: int | None
+    updates_per_round: int
+    batch_size: int
+    bootstrap_rounds: int
+    eval_every: int
+    lr_floor: float
+    seed: int
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.no_grad()
+def collect(
+    env: Any,
+    agent: Agent,
+    buffer: EpisodeReplayBuffer,
+    random_plans: bool,
+    components: Callable[[dict], dict[str, torch.Tensor]],
+    score: str,
+) -> dict[str, float]:
+    """Run one batch of episodes of ``env`` (reset/step) and store them.
+
+    Args:
+        components: the compact state components of an ``info`` dict (e.g. ``{"field": info["field"]}``); the pair
+            ``"index"`` of the episode is added.
+        score: the ``info`` entry whose mean is reported before and after (``"dice"``, ``"psnr"``).
+
+    Returns:
+        the mean ``score`` at the start and the end, and the mean return.
+    """
+    obs, info = env.reset()
+    states, plans, rewards, dones = [components(info)], [], [], []
+    initial = info[score].mean().item()
+    for _ in range(env.config.max_steps):
+        out = agent.planner(obs)
+        plan = torch.randn_like(out.mean) if random_plans else out.distribution().sample()
+        obs, reward, terminated, _, info = env.step(agent.actor(plan, out.skips))
+        states.append(components(info))
+        plans.append(plan)
+        rewards.append(reward)
+        dones.append(terminated.float())
+    steps = len(rewards)
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    stacked["index"] = info["indices"].view(1, -1).expand(steps + 1, -1)
+    buffer.add(stacked, torch.stack(plans), torch.stack(rewards), torch.stack(dones))
+    return {
+        f"{score}_initial": initial,
+        f"{score}_final": info[score].mean().item(),
+        "return": torch.stack(rewards).sum(0).mean().item(),
+    }
+
+
+def run_training(
+    cfg: LoopSettings,
+    agent: Agent,
+    sac: SAC,
+    env: Any,
+    buffer: EpisodeReplayBuffer,
+    components: Callable[[dict], dict[str, torch.Tensor]],
+    validate: Callable[[], dict[str, float]],
+    model_config: dict,
+    score: str,
+    info_score: str,
+    logger: Logger,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``agent`` until the budget or ``max_updates``; return the last validation summary and run statistics.
+
+    Args:
+        env: the task's batched environment; its ``config.max_steps`` is the episode length and ``_rng`` its sampler.
+        components: compact state components of an ``info`` dict (see :func:`collect`).
+        validate: process 0's validation; its summary's ``score`` entry picks ``best.pt``.
+        model_config: what checkpoints record to rebuild the model.
+        score: the validation summary's entry that ranks checkpoints (``best.pt``).
+        info_score: the environment's ``info`` entry reported before and after each collection round.
+    """
+    rank = ddp.rank()
+    writer = rank == 0
+    out = Path(cfg.out)
+    device = next(agent.parameters()).device
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf}
+    if resume and (out / "train_state.pt").is_file():
+        ts = torch.load(out / "train_state.pt", map_location=device, weights_only=False)
+        weights = ts["agent"] if "agent" in ts else load_checkpoint(out / "model.pt", device)["state_dict"]  # pre-0.1
+        agent.load_state_dict(weights)
+        sac.load_state_dict(ts["sac"])
+        state.update(ts["state"])
+        generator.set_state(ts["generator"])
+        env._rng = np.random.default_rng(ts["env_seed"] + rank)
+        if writer:
+            print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
+
+    budget = cfg.minutes * 60
+    start = time.perf_counter() - state["elapsed"]
+    next_eval = (sac.n_updates // cfg.eval_every + 1) * cfg.eval_every
+    summary: dict[str, Any] = {}
+    quiet = not (progress and writer)
+    bar = tqdm(total=int(budget), initial=int(state["elapsed"]), unit="s", disable=quiet, desc="train")
+
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def checkpoint() -> None:
+        nonlocal summary
+        state["elapsed"] = elapsed()
+        state["checkpointed_at"] = sac.n_updates
+        env_seed = int(env._rng.integers(2**31))
+        env._rng = np.random.default_rng(env_seed)
+        if not writer:
+            ddp.barrier()
+            return
+        summary = validate()
+        agent.train()
+        for k, v in summary.items():
+            logger.record(f"val/{k}", v)
+        logger.record("time/elapsed_min", state["elapsed"] / 60)
+        logger.record("time/peak_rss_mb", peak_memory_mb())
+        logger.record("train/lr_aux", sac.aux_optimizer.param_groups[0]["lr"])
+        logger.record("buffer/megabytes", buffer.nbytes / 2**20)
+        row = logger.dump(sac.n_updates)
+        extra = {"train_minutes": state["elapsed"] / 60, "updates": sac.n_updates, "val": summary}
+        save_checkpoint(out / "model.pt", model_config, agent.state_dict(), **extra)
+        if summary[score] > state["best"]:
+            state["best"] = summary[score]
+            save_checkpoint(out / "best.pt", model_config, agent.state_dict(), **extra)
+        torch.save(
+            {
+                "agent": agent.state_dict(),  # the weights of this very update: the file alone is a consistent resume
+                "sac": sac.state_dict(),
+                "state": state,
+                "generator": generator.get_state(),
+                "env_seed": env_seed,
+            },
+            out / "train_state.pt.tmp",
+        )
+        Path(out / "train_state.pt.tmp").replace(out / "train_state.pt")
+        bar.set_postfix({f"val_{score}": f"{summary[score]:.3f}", "critic": f"{row.get('train/critic_loss', 0):.3g}"})
+        ddp.barrier()
+
+    def keep_going() -> tuple[bool, float]:
+        """Process 0 decides, so every process stops after the same update at the same learning rate."""
+        go = elapsed() < budget and (cfg.max_updates is None or sac.n_updates < cfg.max_updates)
+        go_all, fraction = ddp.broadcast_values([float(go), min(1.0, elapsed() / budget)])
+        return bool(go_all), fraction
+
+    agent.train()
+    while True:
+        go, progress_fraction = keep_going()
+        if not go:
+            break
+        stats = collect(env, agent, buffer, state["rounds"] < cfg.bootstrap_rounds, components, info_score)
+        for k, v in stats.items():
+            logger.record(f"rollout/{k}", v)
+        state["rounds"] += 1
+        if state["rounds"] > cfg.bootstrap_rounds:
+            sac.set_lr_scale(cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress_fraction)))
+            sac.train(cfg.updates_per_round, cfg.batch_size, generator)
+        bar.update(int(elapsed()) - bar.n)
+        if sac.n_updates >= next_eval:
+            checkpoint()
+            next_eval += cfg.eval_every
+    if state.get("checkpointed_at") != sac.n_updates:
+        checkpoint()
+    bar.close()
+    return {
+        "val": summary,
+        "updates": sac.n_updates,
+        "minutes": state["elapsed"] / 60,
+        "peak_rss_mb": peak_memory_mb(),
+        "parameters": count_parameters(agent.planner) + count_parameters(agent.actor),
+        "buffer_mb": buffer.nbytes / 2**20,
+    }
