@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 __all__ = ["FACE_SPLITS", "IMAGE_SUFFIXES", "lfw_faces", "image_folder", "to_unit_range"]
 
-FACE_SPLITS = {"train": slice(0, 80), "test": slice(80, 100)}  # of the 100 aligned faces of lfw_subset
+FACE_SPLITS = {"train": slice(0, 70), "val": slice(70, 80), "test": slice(80, 100)}  # of lfw_subset's 100 faces
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -21,7 +21,7 @@ def to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def lfw_faces(split: str = "train", size: int = 64) -> torch.Tensor:
     """The 100 real aligned LFW faces that scikit-image ships (25x25 grey), upsampled (bicubic) to ``size``:
-    (N, 1, size, size) in [-1, 1]; a fixed split, the first 80 train and the last 20 test."""
+    (N, 1, size, size) in [-1, 1]; a fixed split: the first 70 train, the next 10 validation, the last 20 test."""
     if split not in FACE_SPLITS:
         raise ValueError(f"split must be one of {sorted(FACE_SPLITS)}, got {split!r}")
     from skimage.data import lfw_subset

@@ -9,18 +9,35 @@ more during the first updates, plus ``adv_weight`` times the hinge adversarial l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, load_checkpoint, loop
 from rli2it_med.agent.buffer import ReplayBatch
-from rli2it_med.agent.networks import Agent, AgentConfig
-from rli2it_vision.editing import centre_hole
+from rli2it_med.api import resolve_device
+from rli2it_med.io import save_json
+from rli2it_vision.data import image_folder, lfw_faces
+from rli2it_vision.editing import EditConfig, ImageEditEnv, ImagePairs, centre_hole, region_psnr
 
-__all__ = ["InpaintLossConfig", "Discriminator", "InpaintingTask", "agent_config", "border_weights"]
+__all__ = [
+    "Discriminator",
+    "InpaintConfig",
+    "InpaintLossConfig",
+    "Inpainter",
+    "InpaintingTask",
+    "agent_config",
+    "border_weights",
+    "evaluate_inpainting",
+    "load_images",
+    "train_inpainting",
+]
 
 
 def agent_config(image_channels: int = 1, **overrides) -> AgentConfig:
@@ -146,3 +163,171 @@ class InpaintingTask:
         loss = terms["l1"] + self.loss_config.adv_weight * terms.get("adv", 0.0)
         self.n_updates += 1
         return {"loss": loss} | {k: v.detach() for k, v in terms.items()}
+
+
+@dataclass
+class InpaintConfig:
+    """A training run of the inpainting agent; saved next to the weights.
+
+    Attributes:
+        data: ``"lfw"`` (scikit-image's 100 aligned faces, grey) or a folder of images (RGB; sorted by name, the
+            last 10 % test and the 10 % before them validation).
+        size: images are resized to ``size`` x ``size``.
+        (the rest as in :class:`rli2it_med.registration.train.TrainConfig`)
+    """
+
+    data: str = "lfw"
+    out: str = "runs/inpaint"
+    size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    minutes: float = 10.0
+    max_updates: int | None = None
+    env_batch: int = 16
+    updates_per_round: int = 8
+    batch_size: int = 32
+    bootstrap_rounds: int = 2
+    buffer_episodes: int = 1024
+    eval_every: int = 200
+    lr_floor: float = 0.05
+    agent: AgentConfig = field(default_factory=agent_config)
+    env: EditConfig = field(default_factory=lambda: EditConfig(max_steps=5, hole=32))
+    sac: SACConfig = field(default_factory=lambda: SACConfig(lr_aux=2e-4, lr_planner=2e-4))
+    loss: InpaintLossConfig = field(default_factory=InpaintLossConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InpaintConfig:
+        parts = {"agent": AgentConfig, "env": EditConfig, "sac": SACConfig, "loss": InpaintLossConfig}
+        return cls(**{k: (parts[k](**v) if k in parts else v) for k, v in d.items()})
+
+
+def load_images(data: str, split: str, size: int) -> torch.Tensor:
+    """The images of a split: ``"lfw"`` faces or a folder (see :class:`InpaintConfig`)."""
+    if data == "lfw":
+        return lfw_faces(split, size)
+    images = image_folder(data, size)
+    n = len(images)
+    n_test, n_val = max(1, n // 10), max(1, n // 10)
+    if n - n_test - n_val < 1:
+        raise ValueError(f"{data}: {n} images are too few for train / validation / test splits")
+    bounds = {"train": (0, n - n_test - n_val), "val": (n - n_test - n_val, n - n_test), "test": (n - n_test, n)}
+    if split not in bounds:
+        raise ValueError(f"split must be one of {sorted(bounds)}, got {split!r}")
+    return images[slice(*bounds[split])]
+
+
+class Inpainter:
+    """A trained inpainting agent: fills the centre hole of images step by step.
+
+    Args:
+        agent: planner and actor.
+        env: episode length and hole size.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``...
+    """
+
+    def __init__(self, agent: Agent, env: EditConfig, device: str | torch.device | None = "auto") -> None:
+        self.device = resolve_device(device)
+        self.agent = agent.to(self.device).eval()
+        self.env_config = env
+        self.metadata: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = "auto") -> Inpainter:
+        payload = load_checkpoint(path)
+        try:
+            agent = Agent(AgentConfig(**payload["config"]["agent"]))
+            agent.load_state_dict(payload["state_dict"])
+            env = EditConfig(**payload["config"]["env"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise ValueError(f"{path}: not an inpainting agent this version can load ({e})") from e
+        model = cls(agent, env, device)
+        model.metadata = {k: v for k, v in payload.items() if k != "state_dict"}
+        return model
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        images: torch.Tensor,
+        steps: int | None = None,
+        target: torch.Tensor | None = None,
+        hole: int | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Fill the centre hole (default: the trained size) of (B, C, H, W) images in [-1, 1]; what the images hold
+        there is ignored.
+
+        Returns:
+            the images after ``steps`` steps (default: the trained T) and the images after each step t = 0..T;
+            with ``target``, the PSNR of the hole after each step is in ``self.last_psnr``.
+        """
+        steps = self.env_config.max_steps if steps is None else int(steps)
+        expected = self.agent.config.in_channels
+        if images.ndim != 4 or images.shape[1] != expected:
+            raise ValueError(f"expected images of shape (B, {expected}, H, W) in [-1, 1], got {tuple(images.shape)}")
+        cfg = EditConfig(max_steps=max(steps, 1), hole=self.env_config.hole if hole is None else int(hole))
+        env = ImageEditEnv(cfg, device=self.device)
+        images = images.to(self.device, torch.float32)
+        obs, info = env.reset(options={"pair": ImagePairs(images, images if target is None else target)})
+        frames, psnr = [info["current"]], [info["psnr"]]
+        for _ in range(steps):
+            _, action, _ = self.agent.act(obs, deterministic=True)
+            obs, _, _, _, info = env.step(action)
+            frames.append(info["current"])
+            psnr.append(info["psnr"])
+        self.last_psnr = psnr
+        return frames[-1], frames
+
+
+def evaluate_inpainting(model: Inpainter, images: torch.Tensor, steps: int | None = None) -> dict[str, Any]:
+    """PSNR and SSIM of the hole (images in [-1, 1], data range 2), PSNR after each step, seconds per image."""
+    from monai.metrics import SSIMMetric
+
+    start = time.perf_counter()
+    filled, _ = model.inpaint(images, steps, target=images)
+    seconds = (time.perf_counter() - start) / len(images)
+    region = centre_hole(tuple(images.shape[2:]), model.env_config.hole)
+    hole, truth = filled[(..., *region)].cpu(), images[(..., *region)]
+    ssim = SSIMMetric(spatial_dims=2, data_range=2.0, win_size=7, reduction="none")(hole, truth)[:, 0]
+    return {
+        "psnr": float(region_psnr(hole, truth).mean()),
+        "ssim": float(ssim.mean()),
+        "psnr_steps": [float(p.mean()) for p in model.last_psnr],
+        "seconds_per_image": seconds,
+    }
+
+
+def train_inpainting(cfg: InpaintConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the inpainting agent with :func:`rli2it_med.agent.loop.run_training`."""
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train_images = load_images(cfg.data, "train", cfg.size)
+    val_images = load_images(cfg.data, "val", cfg.size)
+    if train_images.shape[1] != cfg.agent.in_channels:
+        cfg.agent = AgentConfig(**(cfg.agent.to_dict() | {"in_channels": train_images.shape[1],
+                                                           "action_channels": train_images.shape[1]}))  # fmt: skip
+    if cfg.loss.hole != cfg.env.hole:
+        raise ValueError(f"loss.hole {cfg.loss.hole} differs from env.hole {cfg.env.hole}")
+    agent = Agent(cfg.agent).to(device)
+    logger = Logger(out)
+    buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
+    task = InpaintingTask(train_images, cfg.loss, device)
+    sac = SAC(agent, task, buffer, cfg.sac, logger)
+    env = ImageEditEnv(cfg.env, ImagePairs(train_images, train_images), cfg.env_batch, device)
+    env.reset(seed=cfg.seed)
+    save_json(out / "config.json", cfg.to_dict())
+    model_config = {"agent": cfg.agent.to_dict(), "env": asdict(cfg.env), "size": cfg.size, "task": "inpainting"}
+
+    def components(info: dict) -> dict[str, torch.Tensor]:
+        return {"fill": info["current"][(..., *task.region)]}  # replayed: image index + the hole's content
+
+    def validate() -> dict[str, float]:
+        m = evaluate_inpainting(Inpainter(agent, cfg.env, device), val_images)
+        return {"psnr": m["psnr"], "ssim": m["ssim"], "seconds_per_image": m["seconds_per_image"]}
+
+    return loop.run_training(
+        cfg, agent, sac, env, buffer, components, validate, model_config, "psnr", "psnr", logger, resume, progress
+    )

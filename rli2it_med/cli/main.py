@@ -10,6 +10,9 @@ rli2it jacobian --fixed F.nii.gz --transform T.h5 --out J.nii.gz
 rli2it digits train --out runs/digits --minutes 10
 rli2it digits evaluate [--model runs/digits/best.pt]
 rli2it digits demo --out digits.png
+rli2it inpaint train --data lfw --out runs/inpaint --minutes 10
+rli2it inpaint evaluate --model runs/inpaint/best.pt
+rli2it inpaint apply --model runs/inpaint/best.pt --image face.png --mask-size 32 --out filled.png
 """
 
 from __future__ import annotations
@@ -266,6 +269,103 @@ def _add_digits(sub) -> None:
             c.add_argument("--pairs", type=int, default=10, help="pairs (rows) in the strip, one per digit")
 
 
+def _inpaint_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from rli2it_med.io import load_json
+    from rli2it_vision.inpainting import InpaintConfig, train_inpainting
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_path = Path(args.out) / "config.json"
+    if args.resume and config_path.is_file():
+        cfg = InpaintConfig.from_dict(load_json(config_path))
+    else:
+        cfg = InpaintConfig(out=args.out, data=args.data)
+        if args.size:
+            cfg.size = args.size
+        if args.hole:
+            cfg.env.hole = cfg.loss.hole = args.hole
+    for name in ("minutes", "seed", "device", "max_updates"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    print(json.dumps(train_inpainting(cfg, resume=args.resume, progress=not args.quiet), indent=2))
+    return 0
+
+
+def _inpaint_evaluate(args: argparse.Namespace) -> int:
+    from rli2it_vision.inpainting import Inpainter, evaluate_inpainting, load_images
+
+    model = Inpainter.load(args.model, args.device)
+    size = int(model.metadata["config"].get("size", 64))
+    images = load_images(args.data, args.split, size)
+    m = evaluate_inpainting(model, images, args.steps)
+    print(f"{args.model} on {args.data} [{args.split}, {len(images)} images, hole {model.env_config.hole}]")
+    print(f"  hole PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, {1000 * m['seconds_per_image']:.1f} ms per image")
+    print("  PSNR after each step t: " + " ".join(f"{t}:{p:.2f}" for t, p in enumerate(m["psnr_steps"])))
+    return 0
+
+
+def _inpaint_apply(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from rli2it_med.io import save_png
+    from rli2it_vision.data import image_folder
+    from rli2it_vision.inpainting import Inpainter
+
+    model = Inpainter.load(args.model, args.device)
+    size = int(model.metadata["config"].get("size", 64))
+    image = Path(args.image)
+    if not image.is_file():
+        raise FileNotFoundError(f"{image}: no such image")
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # the folder loader validates, crops and resizes one image too
+        shutil.copy(image, Path(tmp) / image.name)
+        batch = image_folder(tmp, size, model.agent.config.in_channels)
+    filled, _ = model.inpaint(batch, args.steps, hole=args.mask_size)
+    pixels = ((filled[0].cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    save_png(args.out, pixels[..., 0] if pixels.shape[-1] == 1 else np.ascontiguousarray(pixels))
+    print(f"wrote {args.out} ({size}x{size}, centre hole {args.mask_size or model.env_config.hole} filled)")
+    return 0
+
+
+def _add_inpaint(sub) -> None:
+    p = sub.add_parser("inpaint", help="face inpainting: fill a centre hole step by step")
+    psub = p.add_subparsers(dest="inpaint_command", required=True)
+    t = psub.add_parser("train", help="train (or resume) the inpainting agent")
+    t.add_argument("--data", default="lfw", help="'lfw' (offline faces) or a folder of images")
+    t.add_argument("--out", default="runs/inpaint")
+    t.add_argument("--minutes", type=float)
+    t.add_argument("--max-updates", type=int)
+    t.add_argument("--size", type=int, help="image size (default 64)")
+    t.add_argument("--hole", type=int, help="side of the centre hole (default 32)")
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_inpaint_train)
+    e = psub.add_parser("evaluate", help="PSNR / SSIM of the hole and PSNR after each step")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", default="lfw")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--steps", type=int)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_inpaint_evaluate)
+    a = psub.add_parser("apply", help="fill the centre hole of one image and write a PNG")
+    a.add_argument("--model", required=True)
+    a.add_argument("--image", required=True)
+    a.add_argument("--mask-size", type=int, help="side of the centre hole (default: the trained one)")
+    a.add_argument("--out", required=True, help="PNG to write")
+    a.add_argument("--steps", type=int)
+    a.add_argument("--device", default="auto")
+    a.set_defaults(func=_inpaint_apply)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rli2it", description="RL-I2IT step-wise registration and vision tasks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -349,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--log", action="store_true", help="write log(det) (det clipped at 1e-6)")
     j.set_defaults(func=_jacobian)
     _add_digits(sub)
+    _add_inpaint(sub)
     return parser
 
 
