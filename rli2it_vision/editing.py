@@ -16,6 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from rli2it_med.agent.loop import draw_pairs
+
 __all__ = ["EditConfig", "ImagePairs", "ImageEditEnv", "centre_hole", "region_psnr"]
 
 
@@ -103,18 +105,7 @@ class ImageEditEnv:
         """Start episodes on ``options["pair"]`` (an :class:`ImagePairs`), ``options["indices"]`` or random pairs."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        options = options or {}
-        indices = None
-        if "pair" in options:
-            pair = options["pair"]
-        else:
-            if self.pairs is None:
-                raise ValueError("reset() needs options={'pair': ImagePairs(...)} when the environment has no pairs")
-            indices = options.get("indices")
-            if indices is None:
-                indices = self._rng.integers(0, len(self.pairs), size=self.batch_size)
-            indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-            pair = self.pairs.get(indices)
+        pair, indices = draw_pairs(self.pairs, options, self._rng, self.batch_size, "ImagePairs")
         source, target = (x.to(self.device, torch.float32) for x in pair)
         if source.ndim != 4 or source.shape[0] != target.shape[0] or source.shape[2:] != target.shape[2:]:
             raise ValueError(

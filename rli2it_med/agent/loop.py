@@ -30,7 +30,7 @@ from rli2it_med.agent.logger import Logger
 from rli2it_med.agent.networks import Agent, count_parameters
 from rli2it_med.agent.sac import SAC
 
-__all__ = ["LoopSettings", "collect", "peak_memory_mb", "run_training"]
+__all__ = ["LoopSettings", "collect", "draw_pairs", "peak_memory_mb", "run_training"]
 
 
 class LoopSettings(Protocol):
@@ -45,6 +45,27 @@ class LoopSettings(Protocol):
     eval_every: int
     lr_floor: float
     seed: int
+
+
+def draw_pairs(
+    pairs: Any, options: dict | None, rng: np.random.Generator, batch_size: int, kind: str
+) -> tuple[Any, torch.Tensor | None]:
+    """What an environment's ``reset`` works on: ``options["pair"]`` as given, or the items of ``pairs`` (anything
+    with ``len`` and ``get(indices)``) at ``options["indices"]``, or ``batch_size`` random ones drawn with ``rng``.
+
+    Returns:
+        ``(pair batch, indices)``; indices are None for a given pair.
+    """
+    options = options or {}
+    if "pair" in options:
+        return options["pair"], None
+    if pairs is None:
+        raise ValueError(f"reset() needs options={{'pair': {kind}(...)}} when the environment has no pairs")
+    indices = options.get("indices")
+    if indices is None:
+        indices = rng.integers(0, len(pairs), size=batch_size)
+    indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    return pairs.get(indices), indices
 
 
 def peak_memory_mb() -> float:

@@ -171,26 +171,30 @@ def _jacobian(args: argparse.Namespace) -> int:
     return 0
 
 
-def _digits_train(args: argparse.Namespace) -> int:
+def _task_config(args: argparse.Namespace, config_cls, new):
+    """The run's saved configuration on ``--resume`` (when there is one), else ``new()``; then the command line's
+    ``--minutes``, ``--seed``, ``--device`` and ``--max-updates`` on top; ``--threads`` applied."""
     import torch
 
     from rli2it_med.io import load_json
-    from rli2it_med.registration.train import TrainConfig
-    from rli2it_vision import digits
 
     if args.threads:
         torch.set_num_threads(args.threads)
     config_path = Path(args.out) / "config.json"
-    if args.resume and config_path.is_file():
-        cfg = TrainConfig.from_dict(load_json(config_path))
-    else:
-        cfg = digits.default_config(out=args.out)
+    cfg = config_cls.from_dict(load_json(config_path)) if args.resume and config_path.is_file() else new()
     for name in ("minutes", "seed", "device", "max_updates"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    result = digits.train_digits(cfg, args.mode, resume=args.resume, progress=not args.quiet)
-    print(json.dumps(result, indent=2))
+    return cfg
+
+
+def _digits_train(args: argparse.Namespace) -> int:
+    from rli2it_med.registration.train import TrainConfig
+    from rli2it_vision import digits
+
+    cfg = _task_config(args, TrainConfig, lambda: digits.default_config(out=args.out))
+    print(json.dumps(digits.train_digits(cfg, args.mode, resume=args.resume, progress=not args.quiet), indent=2))
     return 0
 
 
@@ -270,26 +274,15 @@ def _add_digits(sub) -> None:
 
 
 def _inpaint_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from rli2it_med.io import load_json
     from rli2it_vision.inpainting import InpaintConfig, train_inpainting
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config_path = Path(args.out) / "config.json"
-    if args.resume and config_path.is_file():
-        cfg = InpaintConfig.from_dict(load_json(config_path))
-    else:
+    def new() -> InpaintConfig:
         cfg = InpaintConfig(out=args.out, data=args.data)
-        if args.size:
-            cfg.size = args.size
-        if args.hole:
-            cfg.env.hole = cfg.loss.hole = args.hole
-    for name in ("minutes", "seed", "device", "max_updates"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(cfg, name, value)
+        cfg.size = args.size or cfg.size
+        cfg.env.hole = cfg.loss.hole = args.hole or cfg.env.hole
+        return cfg
+
+    cfg = _task_config(args, InpaintConfig, new)
     print(json.dumps(train_inpainting(cfg, resume=args.resume, progress=not args.quiet), indent=2))
     return 0
 

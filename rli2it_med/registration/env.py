@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rli2it_med.agent.loop import draw_pairs
 from rli2it_med.registration.data import Pair, PairDataset
 from rli2it_med.registration.rewards import kmeans_labels, mean_dice
 from rli2it_med.registration.warp import compose, warp
@@ -97,18 +98,7 @@ class RegistrationEnv:
         """
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        options = options or {}
-        indices = None
-        if "pair" in options:
-            pair = options["pair"]
-        else:
-            if self.pairs is None:
-                raise ValueError("reset() needs options={'pair': Pair(...)} when the environment has no pairs")
-            indices = options.get("indices")
-            if indices is None:
-                indices = self._rng.integers(0, len(self.pairs), size=self.batch_size)
-            indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-            pair = self.pairs.get(indices)
+        pair, indices = draw_pairs(self.pairs, options, self._rng, self.batch_size, "Pair")
         pair = self.check_pair(pair).to(self.device)
 
         mode = self.config.reward
