@@ -11,6 +11,7 @@ nearest neighbour and compared with the target's mask; Dice is averaged per targ
     python bench/digits.py                      # train rli2it 10 min, VoxelMorph as long, score 100 pairs per digit
     python bench/digits.py --model runs/digits/best.pt     # use a trained model; VoxelMorph gets its training time
     python bench/digits.py --quick              # 1-minute trainings, 10 pairs per digit
+    python bench/digits.py --minutes 3 --set loss.smooth_weight=0.1    # a changed rli2it configuration
 
 The table goes to stdout, and its last line is the same as one JSON object.
 """
@@ -31,13 +32,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.registration import train_voxelmorph  # noqa: E402
+from bench.registration import plot_curve, train_voxelmorph  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
 from rli2it_med.registration.metrics import dice_per_label, folding_percent  # noqa: E402
 from rli2it_med.registration.warp import warp  # noqa: E402
-from rli2it_vision.digits import DigitPairs, default_config, digit_pairs, evaluate_digits, load_mnist, train_digits  # noqa: E402
+from rli2it_vision.digits import DigitPairs, default_config, digit_pairs, load_mnist, train_digits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAD = 2  # 28 -> 32 for VoxelMorph's U-Net
@@ -80,26 +81,6 @@ def score(name: str, method, pairs: DigitPairs, batch: int = 100, **extra) -> di
     return row
 
 
-def plot_curve(curve: np.ndarray, rows: list[dict], path: Path, trained_steps: int, n: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    ax.plot(range(len(curve)), curve, "o-", label="rli2it")
-    ax.axvline(trained_steps, color="grey", ls=":", lw=1, label=f"trained episode length T={trained_steps}")
-    for r, c in zip([r for r in rows if r["method"] != "rli2it"], ["k", "tab:red"]):
-        ax.axhline(r["dice_mean"], color=c, ls="--", lw=1, label=r["method"])
-    ax.set_xlabel("step t")
-    ax.set_ylabel("mean Dice of the digit masks")
-    ax.set_title(f"DigitsTransform, MNIST same-digit test pairs (n={n})", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, help="training budget of each method (default 10; --quick: 1)")
@@ -109,6 +90,13 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="VoxelMorph's budget with --model (default: the checkpoint's train_minutes, which for best.pt is the "
         "time it was saved at, not the run's whole budget)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="PART.KEY=VALUE",
+        help="change rli2it's training configuration (JSON values), e.g. loss.smooth_weight=0.1 env.max_steps=10",
     )
     parser.add_argument("--mode", default="same", choices=("same", "cross"))
     parser.add_argument("--per-digit", type=int, help="test pairs per digit (default 100; --quick: 10)")
@@ -128,6 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     if model is None:
         print(f"  training rli2it for {minutes:.1f} min...", file=sys.stderr)
         cfg = default_config(out=args.out, minutes=minutes, seed=args.seed)
+        for item in args.set:
+            key, _, value = item.partition("=")
+            part, _, name = key.rpartition(".")
+            target = getattr(cfg, part) if part else cfg
+            if not name or not hasattr(target, name):
+                raise SystemExit(f"--set {item}: no option {key!r} in the training configuration")
+            setattr(target, name, json.loads(value))
         rl_minutes = train_digits(cfg, args.mode, progress=False, seed=args.seed)["minutes"]  # the whole run
         model = str(Path(args.out) / "best.pt")  # the checkpoint of the best validation Dice in that run
     reg = Registrator.load(model, "cpu")
@@ -147,8 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         | {"train_min": round(vm_minutes, 1), "train_iters": iters}
     )
 
+    dice_steps = []  # (B, T+1) per call, kept for the Dice-vs-step curve (computed by register after its clock)
+
     def ours(pair: Pair) -> torch.Tensor:
-        return reg.register(pair.fixed, pair.moving, None, pair.fixed_seg, pair.moving_seg).field
+        result = reg.register(pair.fixed, pair.moving, None, pair.fixed_seg, pair.moving_seg)
+        dice_steps.append(torch.stack(result.dice, 1))
+        return result.field
 
     params = count_parameters(reg.agent.planner) + count_parameters(reg.agent.actor)
     updates = reg.metadata.get("updates")
@@ -156,9 +155,11 @@ def main(argv: list[str] | None = None) -> None:
         score("rli2it", ours, test, params=params)
         | {"train_min": round(rl_minutes, 1), "train_iters": updates, "best_at_min": reg.metadata.get("train_minutes")}
     )
-    curve = evaluate_digits(reg, test)["dice_steps"]
+    curve = torch.cat(dice_steps)[-len(test) :].mean(0).numpy()  # the last len(test) rows: after the warm-up call
     trained_t = reg.env_config.max_steps
-    plot_curve(curve, rows, Path(args.plot), trained_t, len(test))
+    peers = {r["method"]: r["dice_mean"] for r in rows if r["method"] != "rli2it"}
+    title = f"DigitsTransform, MNIST {args.mode}-digit test pairs (n={len(test)})"
+    plot_curve(curve, peers, Path(args.plot), trained_t, title, "mean Dice of the digit masks")
 
     cols = ["method", "dice_mean", *(f"dice_{d}" for d in range(10)), "folding_pct", "ms_per_pair", "params"]
     print(f"\nDigitsTransform, {len(test)} {args.mode}-digit MNIST test pairs ({time.strftime('%Y-%m-%d')})")

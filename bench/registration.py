@@ -160,19 +160,22 @@ def dice_vs_step(reg: Registrator, pairs: PairDataset, n: int, steps: int) -> np
     return np.mean(curves, 0)
 
 
-def plot_curve(curve: np.ndarray, rows: list[dict], path: Path, trained_steps: int, title: str) -> None:
+def plot_curve(
+    curve: np.ndarray, peers: dict[str, float], path: Path, trained_steps: int, title: str, ylabel: str
+) -> None:
+    """rli2it's score after each step t, the trained episode length, and each peer's score as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    ax.plot(range(len(curve)), curve, "o-", label="rli2it (mean Dice, CSF/GM/WM)")
+    ax.plot(range(len(curve)), curve, "o-", label="rli2it")
     ax.axvline(trained_steps, color="grey", ls=":", lw=1, label=f"trained episode length T={trained_steps}")
-    for r, c in zip([r for r in rows if r["method"] != "rli2it"], ["k", "tab:green", "tab:red", "tab:purple"]):
-        ax.axhline(np.mean([r[f"dice_{v}"] for v in LABELS.values()]), color=c, ls="--", lw=1, label=r["method"])
+    for (name, value), c in zip(peers.items(), ["k", "tab:green", "tab:red", "tab:purple"]):
+        ax.axhline(value, color=c, ls="--", lw=1, label=name)
     ax.set_xlabel("step t")
-    ax.set_ylabel("mean Dice (CSF, GM, WM)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6)
     fig.tight_layout()
@@ -225,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     trained_t = reg.env_config.max_steps
     curve = dice_vs_step(reg, test, min(n, 20), max(2 * trained_t, args.steps or 0))
     plot = Path(args.plot or ROOT / f"docs/dice_vs_step_{args.dim}d.png")
-    plot_curve(curve, rows, plot, trained_t, f"{args.dim}D brain, template-to-subject test pairs (n={min(n, 20)})")
+    peers = {r["method"]: np.mean([r[f"dice_{v}"] for v in LABELS.values()]) for r in rows if r["method"] != "rli2it"}
+    title = f"{args.dim}D brain, template-to-subject test pairs (n={min(n, 20)})"
+    plot_curve(curve, peers, plot, trained_t, title, "mean Dice (CSF, GM, WM)")
 
     cols = ["method", "dice_gm_wm", "dice_CSF", "dice_GM", "dice_WM", "hd95_mm", "folding_pct", "s_per_pair", "params"]
     print(f"\n{args.dim}D brain registration, {n} test pairs ({time.strftime('%Y-%m-%d')})")

@@ -306,10 +306,9 @@ class RegistrationTrainer:
         for name, cls in (("sac", SACConfig), ("loss", LossConfig)):
             if name in options:
                 options[name] = cls(**(asdict(getattr(cfg, name)) | dict(options[name])))
-        for k, v in options.items():
-            if not hasattr(cfg, k) or k in ("agent", "env"):
-                raise ValueError(f"unknown training option {k!r} (the network defines agent and episode)")
-            setattr(cfg, k, v)
+        for k in set(options) & {"agent", "env"}:
+            raise ValueError(f"training option {k!r}: the network defines agent and episode")
+        cfg.updated(**options)
         cfg.agent = network.agent.config
         cfg.env.max_steps, cfg.env.max_step, cfg.grid_scale = network.steps, network.max_step, network.grid_scale
         cfg.data, cfg.out, cfg.seed = str(dataset_dir), str(output_dir), int(seed)

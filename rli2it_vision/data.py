@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FACE_SPLITS", "IMAGE_SUFFIXES", "lfw_faces", "image_folder", "to_unit_range"]
+__all__ = ["FACE_SPLITS", "IMAGE_SUFFIXES", "image_folder", "lfw_faces", "load_image", "to_unit_range"]
 
 FACE_SPLITS = {"train": slice(0, 70), "val": slice(70, 80), "test": slice(80, 100)}  # of lfw_subset's 100 faces
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -31,35 +31,42 @@ def lfw_faces(split: str = "train", size: int = 64) -> torch.Tensor:
     return to_unit_range(faces)
 
 
-def image_folder(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
-    """Every image of a folder (CelebA-HQ style, sorted by name), centre-cropped square and resized to ``size``:
-    (N, channels, size, size) in [-1, 1]. An unreadable file is named in the error."""
+def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
+    """One image file, centre-cropped square and resized to ``size``: (channels, size, size) in [-1, 1]; the error
+    names the file when it cannot be read."""
     from skimage import io as skio
     from skimage.color import gray2rgb, rgb2gray, rgba2rgb
 
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image")
+    try:
+        image = skio.imread(path)
+    except Exception as e:  # noqa: BLE001 - any decoder error, reported with the file
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+    if image.ndim == 3 and image.shape[-1] == 4:
+        image = rgba2rgb(image)
+    image = np.asarray(image, dtype=np.float64)
+    image = image / 255.0 if image.max() > 1 else image
+    if channels == 1 and image.ndim == 3:
+        image = rgb2gray(image)
+    elif channels == 3 and image.ndim == 2:
+        image = gray2rgb(image)
+    h, w = image.shape[:2]
+    s = min(h, w)
+    image = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    t = torch.as_tensor(image, dtype=torch.float32).reshape(s, s, -1).permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return to_unit_range(t.clamp(0, 1))
+
+
+def image_folder(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
+    """Every image of a folder (CelebA-HQ style, sorted by name) through :func:`load_image`:
+    (N, channels, size, size) in [-1, 1]."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder of images")
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    out = []
-    for f in files:
-        try:
-            image = skio.imread(f)
-        except Exception as e:  # noqa: BLE001 - any decoder error, reported with the file
-            raise ValueError(f"{f}: not a readable image ({e})") from e
-        if image.ndim == 3 and image.shape[-1] == 4:
-            image = rgba2rgb(image)
-        image = np.asarray(image, dtype=np.float64)
-        image = image / 255.0 if image.max() > 1 else image
-        if channels == 1 and image.ndim == 3:
-            image = rgb2gray(image)
-        elif channels == 3 and image.ndim == 2:
-            image = gray2rgb(image)
-        h, w = image.shape[:2]
-        s = min(h, w)
-        image = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-        t = torch.as_tensor(image, dtype=torch.float32).reshape(s, s, -1).permute(2, 0, 1)[None]
-        out.append(F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0])
-    return to_unit_range(torch.stack(out).clamp(0, 1))
+    return torch.stack([load_image(f, size, channels) for f in files])

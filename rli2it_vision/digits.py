@@ -149,11 +149,7 @@ def default_config(**overrides: Any) -> TrainConfig:
         env=EnvConfig(max_steps=8, max_step=1.5, reward="labels", stop_dice=None),
         loss=LossConfig(kernel_size=7, smooth_weight=0.2),
     )
-    for k, v in overrides.items():
-        if not hasattr(cfg, k):
-            raise ValueError(f"unknown training option {k!r}")
-        setattr(cfg, k, v)
-    return cfg
+    return cfg.updated(**overrides)
 
 
 def train_digits(

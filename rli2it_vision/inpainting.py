@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, load_checkpoint, loop
 from rli2it_med.agent.buffer import ReplayBatch
+from rli2it_med.agent.loop import LoopConfig
 from rli2it_med.api import resolve_device
 from rli2it_med.io import save_json
 from rli2it_vision.data import image_folder, lfw_faces
@@ -30,6 +31,7 @@ __all__ = [
     "Discriminator",
     "InpaintConfig",
     "InpaintLossConfig",
+    "InpaintResult",
     "Inpainter",
     "InpaintingTask",
     "agent_config",
@@ -166,42 +168,29 @@ class InpaintingTask:
 
 
 @dataclass
-class InpaintConfig:
-    """A training run of the inpainting agent; saved next to the weights.
+class InpaintConfig(LoopConfig):
+    """A training run of the inpainting agent (the loop's options are :class:`~rli2it_med.agent.loop.LoopConfig`'s).
 
     Attributes:
         data: ``"lfw"`` (scikit-image's 100 aligned faces, grey) or a folder of images (RGB; sorted by name, the
             last 10 % test and the 10 % before them validation).
         size: images are resized to ``size`` x ``size``.
-        (the rest as in :class:`rli2it_med.registration.train.TrainConfig`)
     """
+
+    PARTS: ClassVar[dict[str, type]] = {
+        "agent": AgentConfig, "env": EditConfig, "sac": SACConfig, "loss": InpaintLossConfig
+    }  # fmt: skip
 
     data: str = "lfw"
     out: str = "runs/inpaint"
     size: int = 64
-    seed: int = 0
-    device: str = "auto"
-    minutes: float = 10.0
-    max_updates: int | None = None
     env_batch: int = 16
-    updates_per_round: int = 8
     batch_size: int = 32
-    bootstrap_rounds: int = 2
     buffer_episodes: int = 1024
-    eval_every: int = 200
-    lr_floor: float = 0.05
     agent: AgentConfig = field(default_factory=agent_config)
     env: EditConfig = field(default_factory=lambda: EditConfig(max_steps=5, hole=32))
     sac: SACConfig = field(default_factory=lambda: SACConfig(lr_aux=2e-4, lr_planner=2e-4))
     loss: InpaintLossConfig = field(default_factory=InpaintLossConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> InpaintConfig:
-        parts = {"agent": AgentConfig, "env": EditConfig, "sac": SACConfig, "loss": InpaintLossConfig}
-        return cls(**{k: (parts[k](**v) if k in parts else v) for k, v in d.items()})
 
 
 def load_images(data: str, split: str, size: int) -> torch.Tensor:
@@ -217,6 +206,15 @@ def load_images(data: str, split: str, size: int) -> torch.Tensor:
     if split not in bounds:
         raise ValueError(f"split must be one of {sorted(bounds)}, got {split!r}")
     return images[slice(*bounds[split])]
+
+
+class InpaintResult(NamedTuple):
+    """What :meth:`Inpainter.inpaint` returns: the filled images, the images after each step t = 0..T, and (given a
+    target) the hole's PSNR (B,) after each step."""
+
+    filled: torch.Tensor
+    frames: list[torch.Tensor]
+    psnr: list[torch.Tensor]
 
 
 class Inpainter:
@@ -254,14 +252,10 @@ class Inpainter:
         steps: int | None = None,
         target: torch.Tensor | None = None,
         hole: int | None = None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> InpaintResult:
         """Fill the centre hole (default: the trained size) of (B, C, H, W) images in [-1, 1]; what the images hold
-        there is ignored.
-
-        Returns:
-            the images after ``steps`` steps (default: the trained T) and the images after each step t = 0..T;
-            with ``target``, the PSNR of the hole after each step is in ``self.last_psnr``.
-        """
+        there is ignored. With ``target`` the result has the hole's PSNR after each step t = 0..T (default: the
+        trained T)."""
         steps = self.env_config.max_steps if steps is None else int(steps)
         expected = self.agent.config.in_channels
         if images.ndim != 4 or images.shape[1] != expected:
@@ -276,8 +270,7 @@ class Inpainter:
             obs, _, _, _, info = env.step(action)
             frames.append(info["current"])
             psnr.append(info["psnr"])
-        self.last_psnr = psnr
-        return frames[-1], frames
+        return InpaintResult(frames[-1], frames, psnr if target is not None else [])
 
 
 def evaluate_inpainting(model: Inpainter, images: torch.Tensor, steps: int | None = None) -> dict[str, Any]:
@@ -285,15 +278,15 @@ def evaluate_inpainting(model: Inpainter, images: torch.Tensor, steps: int | Non
     from monai.metrics import SSIMMetric
 
     start = time.perf_counter()
-    filled, _ = model.inpaint(images, steps, target=images)
+    result = model.inpaint(images, steps, target=images)
     seconds = (time.perf_counter() - start) / len(images)
     region = centre_hole(tuple(images.shape[2:]), model.env_config.hole)
-    hole, truth = filled[(..., *region)].cpu(), images[(..., *region)]
+    hole, truth = result.filled[(..., *region)].cpu(), images[(..., *region)]
     ssim = SSIMMetric(spatial_dims=2, data_range=2.0, win_size=7, reduction="none")(hole, truth)[:, 0]
     return {
         "psnr": float(region_psnr(hole, truth).mean()),
         "ssim": float(ssim.mean()),
-        "psnr_steps": [float(p.mean()) for p in model.last_psnr],
+        "psnr_steps": [float(p.mean()) for p in result.psnr],
         "seconds_per_image": seconds,
     }
 

@@ -16,8 +16,9 @@ import math
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,21 +31,59 @@ from rli2it_med.agent.logger import Logger
 from rli2it_med.agent.networks import Agent, count_parameters
 from rli2it_med.agent.sac import SAC
 
-__all__ = ["LoopSettings", "collect", "draw_pairs", "peak_memory_mb", "run_training"]
+__all__ = ["LoopConfig", "collect", "draw_pairs", "peak_memory_mb", "run_training"]
 
 
-class LoopSettings(Protocol):
-    """The fields of a task's training configuration that the loop reads."""
+@dataclass
+class LoopConfig:
+    """What every task's training configuration holds for the loop; tasks subclass it with their data, agent,
+    environment, SAC and loss parts (listed in ``PARTS`` for :meth:`from_dict`). Saved next to the weights.
 
-    out: str
-    minutes: float
-    max_updates: int | None
-    updates_per_round: int
-    batch_size: int
-    bootstrap_rounds: int
-    eval_every: int
-    lr_floor: float
-    seed: int
+    Attributes:
+        out: run folder (``model.pt``, ``best.pt``, ``train_state.pt``, ``progress.csv``, ``config.json``).
+        seed: seeds the networks, the replay sampler and the environment.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...
+        minutes: wall-clock budget of the run (resumed time counts).
+        max_updates: stop after this many gradient steps (None: budget only).
+        env_batch: episodes collected per round.
+        updates_per_round: gradient steps after each round.
+        batch_size: replayed transitions per gradient step.
+        bootstrap_rounds: rounds with random plans before learning starts.
+        buffer_episodes: replay capacity, in episodes.
+        eval_every: gradient steps between validations/checkpoints.
+        lr_floor: learning rates follow a cosine from 1 to ``lr_floor`` times their base over the time budget.
+    """
+
+    PARTS: ClassVar[dict[str, type]] = {}
+
+    out: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"
+    minutes: float = 10.0
+    max_updates: int | None = None
+    env_batch: int = 8
+    updates_per_round: int = 8
+    batch_size: int = 16
+    bootstrap_rounds: int = 2
+    buffer_episodes: int = 512
+    eval_every: int = 200
+    lr_floor: float = 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopConfig:
+        return cls(**{k: (cls.PARTS[k](**v) if k in cls.PARTS else v) for k, v in d.items()})
+
+    def updated(self, **overrides: Any) -> LoopConfig:
+        """Set fields by name (the error lists the valid ones); returns ``self``."""
+        names = {f.name for f in fields(self)}
+        for k, v in overrides.items():
+            if k not in names:
+                raise ValueError(f"unknown training option {k!r}; valid: {sorted(names)}")
+            setattr(self, k, v)
+        return self
 
 
 def draw_pairs(
@@ -115,7 +154,7 @@ def collect(
 
 
 def run_training(
-    cfg: LoopSettings,
+    cfg: LoopConfig,
     agent: Agent,
     sac: SAC,
     env: Any,

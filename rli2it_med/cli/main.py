@@ -238,19 +238,24 @@ def _digits_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_training_options(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options :func:`_task_config` reads, shared by the task training commands."""
+    parser.add_argument("--out", default=out, help="run folder")
+    parser.add_argument("--minutes", type=float, help="wall-clock budget (default 10)")
+    parser.add_argument("--max-updates", type=int, help="stop after this many gradient steps")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto (default), cpu, cuda ...")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _add_digits(sub) -> None:
     d = sub.add_parser("digits", help="DigitsTransform on MNIST: deform a source digit step by step into a target")
     dsub = d.add_subparsers(dest="digits_command", required=True)
     t = dsub.add_parser("train", help="train (or resume) the DigitsTransform agent")
-    t.add_argument("--out", default="runs/digits", help="run folder")
-    t.add_argument("--minutes", type=float, help="wall-clock budget (default 10)")
-    t.add_argument("--max-updates", type=int)
+    _add_training_options(t, "runs/digits")
     t.add_argument("--mode", default="same", choices=("same", "cross"), help="same-digit or cross-digit pairs")
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device")
-    t.add_argument("--threads", type=int)
-    t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_digits_train)
     for name, func, text in (
         ("evaluate", _digits_evaluate, "Dice per digit, before and after, and Dice after each step"),
@@ -305,21 +310,13 @@ def _inpaint_apply(args: argparse.Namespace) -> int:
     import torch
 
     from rli2it_med.io import save_png
-    from rli2it_vision.data import image_folder
+    from rli2it_vision.data import load_image
     from rli2it_vision.inpainting import Inpainter
 
     model = Inpainter.load(args.model, args.device)
     size = int(model.metadata["config"].get("size", 64))
-    image = Path(args.image)
-    if not image.is_file():
-        raise FileNotFoundError(f"{image}: no such image")
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:  # the folder loader validates, crops and resizes one image too
-        shutil.copy(image, Path(tmp) / image.name)
-        batch = image_folder(tmp, size, model.agent.config.in_channels)
-    filled, _ = model.inpaint(batch, args.steps, hole=args.mask_size)
+    batch = load_image(args.image, size, model.agent.config.in_channels)[None]
+    filled = model.inpaint(batch, args.steps, hole=args.mask_size).filled
     pixels = ((filled[0].cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     save_png(args.out, pixels[..., 0] if pixels.shape[-1] == 1 else np.ascontiguousarray(pixels))
     print(f"wrote {args.out} ({size}x{size}, centre hole {args.mask_size or model.env_config.hole} filled)")
@@ -331,16 +328,9 @@ def _add_inpaint(sub) -> None:
     psub = p.add_subparsers(dest="inpaint_command", required=True)
     t = psub.add_parser("train", help="train (or resume) the inpainting agent")
     t.add_argument("--data", default="lfw", help="'lfw' (offline faces) or a folder of images")
-    t.add_argument("--out", default="runs/inpaint")
-    t.add_argument("--minutes", type=float)
-    t.add_argument("--max-updates", type=int)
+    _add_training_options(t, "runs/inpaint")
     t.add_argument("--size", type=int, help="image size (default 64)")
     t.add_argument("--hole", type=int, help="side of the centre hole (default 32)")
-    t.add_argument("--resume", action="store_true")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device")
-    t.add_argument("--threads", type=int)
-    t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_inpaint_train)
     e = psub.add_parser("evaluate", help="PSNR / SSIM of the hole and PSNR after each step")
     e.add_argument("--model", required=True)

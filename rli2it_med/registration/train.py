@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, loop
 from rli2it_med.agent import distributed as ddp
-from rli2it_med.agent.loop import peak_memory_mb
+from rli2it_med.agent.loop import LoopConfig, peak_memory_mb
 from rli2it_med.api import Registrator
 from rli2it_med.io import save_json
 from rli2it_med.registration.data import PairDataset
@@ -29,56 +29,32 @@ __all__ = ["TrainConfig", "default_config", "train", "evaluate", "peak_memory_mb
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; saved next to the weights.
+class TrainConfig(LoopConfig):
+    """A registration training run (the loop's options are :class:`~rli2it_med.agent.loop.LoopConfig`'s).
 
     Attributes:
         data: dataset folder built by ``data_prep/brain.py``.
-        out: run folder (``model.pt``, ``best.pt``, ``train_state.pt``, ``progress.csv``).
         pairs: ``"template"`` or ``"subject"`` pairs for training.
         grid_scale: episodes run on the images block-averaged by this factor (labels by block majority); the
             auxiliary loss and validation use the field upsampled to the image grid.
-        minutes: wall-clock budget of the run (resumed time counts).
-        max_updates: stop after this many gradient steps (None: budget only).
-        env_batch: episodes collected per round.
-        updates_per_round: gradient steps after each round.
-        batch_size: replayed transitions per gradient step.
-        bootstrap_rounds: rounds with random plans before learning starts.
-        buffer_episodes: replay capacity, in episodes.
-        eval_every: gradient steps between validations/checkpoints.
         val_pairs: validation pairs used (first N).
-        lr_floor: learning rates follow a cosine from 1 to ``lr_floor`` times their base over the time budget.
     """
+
+    PARTS: ClassVar[dict[str, type]] = {"agent": AgentConfig, "env": EnvConfig, "sac": SACConfig, "loss": LossConfig}
 
     data: str = "data/brain2d"
     out: str = "runs/brain2d"
     pairs: str = "template"
     grid_scale: int = 1
-    seed: int = 0
-    device: str = "auto"
-    minutes: float = 10.0
-    max_updates: int | None = None
-    env_batch: int = 8
-    updates_per_round: int = 8
-    batch_size: int = 16
-    bootstrap_rounds: int = 2
-    buffer_episodes: int = 512
-    eval_every: int = 200
     val_pairs: int = 20
-    lr_floor: float = 0.05
     agent: AgentConfig = field(default_factory=AgentConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        d = upgrade_config(d)
-        parts = {"agent": AgentConfig, "env": EnvConfig, "sac": SACConfig, "loss": LossConfig}
-        return cls(**{k: (parts[k](**v) if k in parts else v) for k, v in d.items()})
+        return super().from_dict(upgrade_config(d))
 
 
 def default_config(spatial_dims: int, **overrides: Any) -> TrainConfig:
@@ -111,11 +87,7 @@ def default_config(spatial_dims: int, **overrides: Any) -> TrainConfig:
             env=EnvConfig(max_steps=6, max_step=2.0),
             loss=LossConfig(kernel_size=9, smooth_weight=0.5),
         )
-    for k, v in overrides.items():
-        if not hasattr(cfg, k):
-            raise ValueError(f"unknown training option {k!r}; valid: {sorted(asdict(cfg))}")
-        setattr(cfg, k, v)
-    return cfg
+    return cfg.updated(**overrides)
 
 
 def model_config(cfg: TrainConfig) -> dict:
