@@ -16,7 +16,9 @@ The table goes to stdout, and its last line is the same as one JSON object.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import sys
 import time
 import warnings
@@ -30,14 +32,8 @@ import torch  # noqa: E402
 
 from rli2it_med.agent import Agent, ReplayBatch  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
-from rli2it_vision.editing import centre_hole, region_psnr  # noqa: E402
-from rli2it_vision.inpainting import (  # noqa: E402
-    InpaintConfig,
-    Inpainter,
-    InpaintingTask,
-    load_images,
-    train_inpainting,
-)
+from rli2it_vision.editing import EditingTask, ImageEditor, ImagePairs, centre_hole, region_psnr, with_mirrors  # noqa: E402
+from rli2it_vision.inpainting import InpaintConfig, image_pairs, load_images, train_inpainting  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,28 +81,52 @@ def classical(method: str, hole: tuple[slice, slice]):
     return run
 
 
-def train_one_step(cfg: InpaintConfig, images: torch.Tensor, minutes: float, seed: int) -> tuple[Agent, int]:
+def train_one_step(
+    cfg: InpaintConfig, pairs: ImagePairs, val: torch.Tensor, minutes: float, seed: int
+) -> tuple[Agent, int]:
     """rli2it's planner + actor trained without RL: one step from the empty hole, the same auxiliary loss, Adam at
-    the auxiliary learning rate, batches of ``cfg.batch_size``, for ``minutes``."""
+    the auxiliary learning rate on the same cosine schedule, batches of ``cfg.batch_size``, for ``minutes``; like
+    rli2it's ``best.pt`` the weights returned are those of the best validation PSNR (checked every 100 iterations)."""
     torch.manual_seed(seed)
     agent = Agent(cfg.agent)
-    task = InpaintingTask(images, cfg.loss)
+    task = EditingTask(pairs, cfg.env, cfg.loss)
+    images = pairs.target
     opt = torch.optim.Adam([*agent.planner.parameters(), *agent.actor.parameters()], lr=cfg.sac.lr_aux)
     g = torch.Generator().manual_seed(seed)
     region = task.region
     size = region[0].stop - region[0].start
-    start, iters = time.perf_counter(), 0
-    while time.perf_counter() - start < minutes * 60:
+    best, best_state = -float("inf"), None
+    start, iters, budget = time.perf_counter(), 0, minutes * 60
+    while (elapsed := time.perf_counter() - start) < budget:
+        scale = cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0)))
+        for group in opt.param_groups:
+            group["lr"] = cfg.sac.lr_aux * scale
         index = torch.randint(0, len(images), (cfg.batch_size,), generator=g)
         fill = torch.zeros(cfg.batch_size, images.shape[1], size, size)
-        state = {"index": index, "fill": fill}
+        state = {"index": index, "content": fill}
         batch = ReplayBatch(state, state, torch.zeros(cfg.batch_size, cfg.agent.plan_dim), *([torch.zeros(1)] * 2))
-        loss = task.auxiliary_loss(agent, batch, task.compose(index, fill))["loss"]
+        loss = task.auxiliary_loss(agent, batch, task.observations(batch)[0])["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         iters += 1
+        if iters % 100 == 0:
+            psnr = float(region_psnr(one_step_fill(agent.eval(), val, region), val, region).mean())
+            agent.train()
+            if psnr > best:
+                best, best_state = psnr, copy.deepcopy(agent.state_dict())
+    if best_state is not None:
+        agent.load_state_dict(best_state)
     return agent.eval(), iters
+
+
+@torch.no_grad()
+def one_step_fill(agent: Agent, masked: torch.Tensor, hole: tuple[slice, slice]) -> torch.Tensor:
+    """The one-step network's fill: one deterministic action from the image with an empty hole."""
+    masked = masked.clone()
+    masked[(..., *hole)] = 0.0
+    masked[(..., *hole)] = agent.act(masked, deterministic=True)[1][(..., *hole)]
+    return masked
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,11 +145,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  training rli2it for {minutes:.1f} min...", file=sys.stderr)
         minutes = train_inpainting(cfg, progress=False)["minutes"]
         model = str(Path(args.out) / "best.pt")
-    rl = Inpainter.load(model, "cpu")
+    rl = ImageEditor.load(model, "cpu", task="inpainting")
     if args.model is not None:  # the one-step network gets --minutes, else the checkpoint's training time
         minutes = args.minutes or float(rl.metadata.get("train_minutes", minutes))
+    if "training" in rl.metadata["config"]:  # train the one-step network as rli2it was (loss, data, batch, LR)
+        cfg = InpaintConfig.from_dict(rl.metadata["config"]["training"])
     cfg.agent = rl.agent.config
-    size = int(rl.metadata["config"].get("size", 64))
+    size = rl.image_size
     test = load_images("lfw", "test", size)
     hole = centre_hole((size, size), rl.env_config.hole)
     cfg.env.hole = cfg.loss.hole = rl.env_config.hole
@@ -138,22 +160,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = [score(f"OpenCV {m}", classical(m.lower().replace("-", ""), hole), test, hole) for m in ("Telea", "NS")]
     rows.append(score("scikit-image biharmonic", classical("biharmonic", hole), test, hole))
     print(f"  training the one-step network for {minutes:.1f} min...", file=sys.stderr)
-    one, iters = train_one_step(cfg, load_images("lfw", "train", size), minutes, args.seed)
-
-    @torch.no_grad()
-    def one_step(masked: torch.Tensor) -> torch.Tensor:
-        out = masked.clone()
-        out[(..., *hole)] = one.act(masked, deterministic=True)[1][(..., *hole)]
-        return out
-
-    rows.append(score("one-step network (no RL)", one_step, test, hole, params=params, train_min=round(minutes, 1),
-                      train_iters=iters))  # fmt: skip
+    train = image_pairs("lfw", "train", size)
+    train = with_mirrors(train) if cfg.flip else train
+    one, iters = train_one_step(cfg, train, load_images("lfw", "val", size), minutes, args.seed)
+    rows.append(score("one-step network (no RL)", lambda masked: one_step_fill(one, masked, hole), test, hole,
+                      params=params, train_min=round(minutes, 1), train_iters=iters))  # fmt: skip
     psnr = []  # the hole's PSNR after each step (the environment computes it anyway)
 
     def ours(masked: torch.Tensor) -> torch.Tensor:
-        result = rl.inpaint(masked, target=test)
+        result = rl.edit(masked, target=test)
         psnr.extend(result.psnr)
-        return result.filled
+        return result.image
 
     rows.append(
         score("rli2it", ours, test, hole, params=params, train_min=round(minutes, 1),

@@ -8,7 +8,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FACE_SPLITS", "IMAGE_SUFFIXES", "image_folder", "lfw_faces", "load_image", "to_unit_range"]
+__all__ = [
+    "FACE_SPLITS",
+    "IMAGE_SUFFIXES",
+    "image_folder",
+    "image_tensor",
+    "lfw_faces",
+    "load_image",
+    "read_image",
+    "save_image",
+    "to_unit_range",
+]
 
 FACE_SPLITS = {"train": slice(0, 70), "val": slice(70, 80), "test": slice(80, 100)}  # of lfw_subset's 100 faces
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -31,11 +41,11 @@ def lfw_faces(split: str = "train", size: int = 64) -> torch.Tensor:
     return to_unit_range(faces)
 
 
-def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
-    """One image file, centre-cropped square and resized to ``size``: (channels, size, size) in [-1, 1]; the error
-    names the file when it cannot be read."""
+def read_image(path: str | Path) -> np.ndarray:
+    """One image file as float64 (H, W) grey or (H, W, 3) colour in [0, 1] (alpha dropped); the error names the file
+    when it cannot be read."""
     from skimage import io as skio
-    from skimage.color import gray2rgb, rgb2gray, rgba2rgb
+    from skimage.color import rgba2rgb
 
     path = Path(path)
     if not path.is_file():
@@ -46,8 +56,17 @@ def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
         raise ValueError(f"{path}: not a readable image ({e})") from e
     if image.ndim == 3 and image.shape[-1] == 4:
         image = rgba2rgb(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3) or min(image.shape[:2]) < 2:
+        raise ValueError(f"{path}: expected a grey or RGB image, got an array of shape {image.shape}")
     image = np.asarray(image, dtype=np.float64)
-    image = image / 255.0 if image.max() > 1 else image
+    return image / 255.0 if image.max() > 1 else image
+
+
+def image_tensor(image: np.ndarray, size: int, channels: int = 3) -> torch.Tensor:
+    """A [0, 1] (H, W) or (H, W, 3) array, centre-cropped square and resized to ``size``: (channels, size, size)
+    in [-1, 1]."""
+    from skimage.color import gray2rgb, rgb2gray
+
     if channels == 1 and image.ndim == 3:
         image = rgb2gray(image)
     elif channels == 3 and image.ndim == 2:
@@ -55,9 +74,23 @@ def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
     h, w = image.shape[:2]
     s = min(h, w)
     image = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-    t = torch.as_tensor(image, dtype=torch.float32).reshape(s, s, -1).permute(2, 0, 1)[None]
+    t = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32).reshape(s, s, -1).permute(2, 0, 1)[None]
     t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
     return to_unit_range(t.clamp(0, 1))
+
+
+def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
+    """One image file (:func:`read_image`) as a (channels, size, size) tensor in [-1, 1] (:func:`image_tensor`)."""
+    return image_tensor(read_image(path), size, channels)
+
+
+def save_image(path: str | Path, image: torch.Tensor) -> None:
+    """Write a (C, H, W) image in [-1, 1] (C = 1 or 3) as an 8-bit PNG, atomically."""
+    from rli2it_med.io import save_png
+
+    pixels = ((image.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
+    pixels = pixels.numpy()
+    save_png(path, pixels[..., 0] if pixels.shape[-1] == 1 else np.ascontiguousarray(pixels))
 
 
 def image_folder(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:

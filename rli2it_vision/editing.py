@@ -1,4 +1,5 @@
-"""The image-editing environment of inpainting and translation: the action is the next image (or the hole's content).
+"""Image editing with the RL-I2IT agent: the environment, auxiliary loss, model and training shared by inpainting
+and translation (the action is the next image, or the hole's content).
 
 State ``s_t``: the current image ``X_t`` (inpainting: the image with the current fill in the hole) or
 ``concat(source, X_t)`` (translation, ``condition=True``). Action: an image ``A_t`` in [-1, 1]; the next image
@@ -6,19 +7,50 @@ takes it inside the edited region (the hole; the whole image when there is none)
 ``X_{t+1} = region * A_t + (1 - region) * X_t``. Reward: ``reward_scale * (PSNR_{t+1} - PSNR_t)`` of the region
 against the target (dB, images in [-1, 1], capped at ``max_psnr``), so an episode's return is the PSNR gained. Episodes
 run ``max_steps`` steps.
+
+The auxiliary loss (:class:`EditingTask`) is L1 to the target in the edited region (near a hole's border weighted
+more during the first updates) + ``adv_weight`` times the hinge loss of a spectrally normalised (SNGAN) discriminator
+(conditioned on the source in translation), which the task trains one step per auxiliary step, + ``tv_weight`` times
+the total variation of the prediction. :class:`ImageEditor` applies a trained agent; :func:`train_editing` trains one
+on the shared loop (:mod:`rli2it_med.agent.loop`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
-from rli2it_med.agent.loop import draw_pairs
+from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, load_checkpoint, loop
+from rli2it_med.agent.buffer import ReplayBatch
+from rli2it_med.agent.loop import LoopConfig, draw_pairs
+from rli2it_med.api import resolve_device
+from rli2it_med.io import save_json
 
-__all__ = ["EditConfig", "ImagePairs", "ImageEditEnv", "centre_hole", "region_psnr"]
+__all__ = [
+    "Discriminator",
+    "EditConfig",
+    "EditLossConfig",
+    "EditResult",
+    "EditTrainConfig",
+    "EditingTask",
+    "ImageEditEnv",
+    "ImageEditor",
+    "ImagePairs",
+    "border_weights",
+    "centre_hole",
+    "evaluate_editing",
+    "region_psnr",
+    "train_editing",
+    "with_mirrors",
+]
 
 
 def centre_hole(shape: tuple[int, int], size: int) -> tuple[slice, slice]:
@@ -155,3 +187,308 @@ class ImageEditEnv:
     def _info(self) -> dict:
         st = self._state
         return {"current": st["current"], "psnr": st["psnr"], "t": st["t"], "indices": st["indices"]}
+
+
+class Discriminator(nn.Module):
+    """SNGAN discriminator: spectrally normalised 4x4 stride-2 convs with LeakyReLU, then a linear logit per image.
+
+    Args:
+        in_channels: image channels (translation: source + target channels).
+        channels: widths of the conv levels (each halves the resolution).
+    """
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        layers, cin = [], in_channels
+        for c in channels:
+            layers += [spectral_norm(nn.Conv2d(cin, c, 4, stride=2, padding=1)), nn.LeakyReLU(0.2, inplace=True)]
+            cin = c
+        self.features = nn.Sequential(*layers)
+        self.head = spectral_norm(nn.Linear(cin, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B,) logits."""
+        return self.head(self.features(image).mean((2, 3))).squeeze(1)
+
+
+@dataclass
+class EditLossConfig:
+    """``L1(region, weighted) + adv_weight * hinge GAN + tv_weight * TV``; with a hole, pixels within ``border`` of its
+    edge weigh ``border_weight`` at first, falling linearly to 1 over ``border_updates`` auxiliary steps."""
+
+    border: int = 2
+    border_weight: float = 5.0
+    border_updates: int = 2000
+    adv_weight: float = 0.01
+    tv_weight: float = 0.0
+    lr_discriminator: float = 2e-4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def border_weights(size: int, border: int, weight: float) -> torch.Tensor:
+    """(size, size) weights of a hole: ``weight`` within ``border`` pixels of its edge, 1 inside."""
+    w = torch.full((size, size), float(weight))
+    if size > 2 * border:
+        w[border : size - border, border : size - border] = 1.0
+    return w
+
+
+class EditingTask:
+    """Rebuilds replayed states from ``(pair index, region content)`` and computes the auxiliary loss.
+
+    Replayed state components: ``"index"`` (into ``pairs``) and ``"content"`` (B, C, h, w), what the edited region
+    (the hole; the whole image in translation) currently holds, stored in half precision by the buffer.
+
+    Args:
+        pairs: the training pairs (inpainting: the images twice).
+        env: the environment's options (hole, condition).
+        loss: auxiliary loss options.
+        device: where batches are computed.
+    """
+
+    def __init__(
+        self, pairs: ImagePairs, env: EditConfig, loss: EditLossConfig, device: torch.device | str = "cpu"
+    ) -> None:
+        self.pairs, self.env_config, self.loss_config = pairs, env, loss
+        self.device = torch.device(device)
+        shape = tuple(pairs.target.shape[2:])
+        self.region = centre_hole(shape, env.hole) if env.hole else (slice(None), slice(None))
+        d_in = pairs.target.shape[1] + (pairs.source.shape[1] if env.condition else 0)
+        self.discriminator = Discriminator(d_in).to(self.device)
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=loss.lr_discriminator, betas=(0.5, 0.9))
+        self.n_updates = 0
+
+    def content(self, info: dict) -> dict[str, torch.Tensor]:
+        """The compact state of an environment ``info`` (the loop adds the pair index)."""
+        return {"content": info["current"][(..., *self.region)]}
+
+    def current(self, index: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """The edited images of pairs ``index`` whose region holds ``content``."""
+        if not self.env_config.hole:
+            return content.to(self.device, torch.float32)
+        out = self.pairs.source[index.cpu()].to(self.device).clone()
+        out[(..., *self.region)] = content.to(out)
+        return out
+
+    def observe(self, index: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        if not self.env_config.condition:
+            return current
+        return torch.cat([self.pairs.source[index.cpu()].to(self.device), current], 1)
+
+    def observations(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        s, n = batch.state, batch.next_state
+        return (
+            self.observe(s["index"], self.current(s["index"], s["content"])),
+            self.observe(n["index"], self.current(n["index"], n["content"])),
+        )
+
+    def _l1(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cfg = self.loss_config
+        if not self.env_config.hole or cfg.border <= 0:
+            return (pred - target).abs().mean()
+        early = max(0.0, 1.0 - self.n_updates / max(cfg.border_updates, 1))
+        weights = border_weights(pred.shape[-1], cfg.border, 1.0 + (cfg.border_weight - 1.0) * early).to(pred)
+        return ((pred - target).abs() * weights).sum((-2, -1)).mean() / weights.sum()
+
+    def auxiliary_loss(self, agent: Agent, batch: ReplayBatch, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.loss_config
+        index = batch.state["index"]
+        target = self.pairs.target[index.cpu()].to(self.device)
+        out = agent.planner(obs)
+        content = agent.actor(out.distribution().rsample(), out.skips)[(..., *self.region)]
+        terms = {"l1": self._l1(content, target[(..., *self.region)])}
+        if self.env_config.hole:
+            fake = self.current(index, torch.zeros_like(content)).clone()
+            fake[(..., *self.region)] = content
+        else:
+            fake = content
+        if cfg.tv_weight:
+            terms["tv"] = (fake.diff(dim=-1).abs().mean() + fake.diff(dim=-2).abs().mean()) / 2
+        if cfg.adv_weight:
+            d = self.discriminator
+            real_in, fake_in = self.observe(index, target), self.observe(index, fake)
+            d_loss = F.relu(1 - d(real_in)).mean() + F.relu(1 + d(fake_in.detach())).mean()
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_optimizer.step()
+            d.requires_grad_(False)
+            try:
+                terms["adv"] = -d(fake_in).mean()
+            finally:
+                d.requires_grad_(True)
+            terms["d_loss"] = d_loss.detach()
+        loss = terms["l1"] + cfg.adv_weight * terms.get("adv", 0.0) + cfg.tv_weight * terms.get("tv", 0.0)
+        self.n_updates += 1
+        return {"loss": loss} | {k: v.detach() for k, v in terms.items()}
+
+
+class EditResult(NamedTuple):
+    """What :meth:`ImageEditor.edit` returns: the edited images, the images after each step t = 0..T, and (given a
+    target) the region's PSNR (B,) after each step."""
+
+    image: torch.Tensor
+    frames: list[torch.Tensor]
+    psnr: list[torch.Tensor]
+
+
+class ImageEditor:
+    """A trained image-editing agent (inpainting or translation): edits images step by step.
+
+    Args:
+        agent: planner and actor.
+        env: episode length, hole (inpainting) and conditioning (translation).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``...
+    """
+
+    def __init__(self, agent: Agent, env: EditConfig, device: str | torch.device | None = "auto") -> None:
+        self.device = resolve_device(device)
+        self.agent = agent.to(self.device).eval()
+        self.env_config = env
+        self.metadata: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = "auto", task: str | None = None) -> ImageEditor:
+        """A checkpoint of :func:`train_editing`; ``task`` (``"inpainting"``, ``"translation"``) checks its kind."""
+        payload = load_checkpoint(path)
+        try:
+            config = payload["config"]
+            agent = Agent(AgentConfig(**config["agent"]))
+            agent.load_state_dict(payload["state_dict"])
+            env = EditConfig(**config["env"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise ValueError(f"{path}: not an image-editing agent this version can load ({e})") from e
+        if task is not None and config.get("task") != task:
+            raise ValueError(f"{path}: a {config.get('task')} model, not {task}")
+        model = cls(agent, env, device)
+        model.metadata = {k: v for k, v in payload.items() if k != "state_dict"}
+        return model
+
+    @property
+    def image_size(self) -> int:
+        """The side of the images the agent was trained on."""
+        return int(self.metadata.get("config", {}).get("size", 64))
+
+    @torch.no_grad()
+    def edit(
+        self,
+        source: torch.Tensor,
+        steps: int | None = None,
+        target: torch.Tensor | None = None,
+        hole: int | None = None,
+    ) -> EditResult:
+        """Edit (B, C, H, W) images in [-1, 1] for ``steps`` steps (default: the trained T). Inpainting fills the
+        centre hole (default: the trained size; what the images hold there is ignored); translation maps the source.
+        With ``target`` the result has the region's PSNR after each step t = 0..T."""
+        steps = self.env_config.max_steps if steps is None else int(steps)
+        expected = self.agent.config.in_channels - (
+            self.agent.config.action_channels if self.env_config.condition else 0
+        )
+        if source.ndim != 4 or source.shape[1] != expected:
+            raise ValueError(f"expected images of shape (B, {expected}, H, W) in [-1, 1], got {tuple(source.shape)}")
+        hole = self.env_config.hole if hole is None or not self.env_config.hole else int(hole)
+        cfg = EditConfig(max_steps=max(steps, 1), hole=hole, condition=self.env_config.condition)
+        env = ImageEditEnv(cfg, device=self.device)
+        source = source.to(self.device, torch.float32)
+        if target is None:
+            channels = self.agent.config.action_channels
+            target = source if not cfg.condition else torch.zeros(len(source), channels, *source.shape[2:])
+        obs, info = env.reset(options={"pair": ImagePairs(source, target)})
+        frames, psnr = [info["current"]], [info["psnr"]]
+        for _ in range(steps):
+            _, action, _ = self.agent.act(obs, deterministic=True)
+            obs, _, _, _, info = env.step(action)
+            frames.append(info["current"])
+            psnr.append(info["psnr"])
+        return EditResult(frames[-1], frames, psnr)
+
+
+def evaluate_editing(model: ImageEditor, pairs: ImagePairs, steps: int | None = None) -> dict[str, Any]:
+    """PSNR and SSIM of the edited region (images in [-1, 1], data range 2), PSNR after each step, seconds per
+    image."""
+    from monai.metrics import SSIMMetric
+
+    start = time.perf_counter()
+    result = model.edit(pairs.source, steps, target=pairs.target)
+    seconds = (time.perf_counter() - start) / len(pairs)
+    hole = model.env_config.hole
+    region = centre_hole(tuple(pairs.target.shape[2:]), hole) if hole else (slice(None), slice(None))
+    pred, truth = result.image[(..., *region)].cpu(), pairs.target[(..., *region)]
+    ssim = SSIMMetric(spatial_dims=2, data_range=2.0, win_size=7, reduction="none")(pred, truth)[:, 0]
+    return {
+        "psnr": float(region_psnr(pred, truth).mean()),
+        "ssim": float(ssim.mean()),
+        "psnr_steps": [float(p.mean()) for p in result.psnr],
+        "seconds_per_image": seconds,
+    }
+
+
+@dataclass
+class EditTrainConfig(LoopConfig):
+    """A training run of an image-editing agent (the loop's options are
+    :class:`~rli2it_med.agent.loop.LoopConfig`'s); the tasks subclass it with their defaults.
+
+    Attributes:
+        data: the task's dataset name or a user's folder.
+        size: images are resized to ``size`` x ``size``.
+        flip: train on the training pairs and their left-right mirror images.
+    """
+
+    PARTS: ClassVar[dict[str, type]] = {
+        "agent": AgentConfig, "env": EditConfig, "sac": SACConfig, "loss": EditLossConfig
+    }  # fmt: skip
+
+    data: str = ""
+    out: str = "runs/edit"
+    size: int = 64
+    flip: bool = True
+    env_batch: int = 16
+    batch_size: int = 32
+    buffer_episodes: int = 1024
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    env: EditConfig = field(default_factory=EditConfig)
+    sac: SACConfig = field(default_factory=lambda: SACConfig(lr_aux=2e-4, lr_planner=2e-4))
+    loss: EditLossConfig = field(default_factory=EditLossConfig)
+
+
+def with_mirrors(pairs: ImagePairs) -> ImagePairs:
+    """The pairs followed by their left-right mirror images."""
+    return ImagePairs(
+        torch.cat([pairs.source, pairs.source.flip(-1)]), torch.cat([pairs.target, pairs.target.flip(-1)])
+    )
+
+
+def train_editing(
+    cfg: EditTrainConfig, train: ImagePairs, val: ImagePairs, task: str, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train (or resume) an image-editing agent on ``train`` pairs (mirrored too when ``cfg.flip``), validating on
+    ``val``, with :func:`rli2it_med.agent.loop.run_training`; checkpoints record ``task`` and the configuration."""
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.flip:
+        train = with_mirrors(train)
+    src, tgt = train.source.shape[1], train.target.shape[1]
+    channels = {"in_channels": src + tgt if cfg.env.condition else tgt, "action_channels": tgt}
+    if any(getattr(cfg.agent, k) != v for k, v in channels.items()):
+        cfg.agent = AgentConfig(**(cfg.agent.to_dict() | channels))
+    agent = Agent(cfg.agent).to(device)
+    logger = Logger(out)
+    buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
+    editing = EditingTask(train, cfg.env, cfg.loss, device)
+    sac = SAC(agent, editing, buffer, cfg.sac, logger)
+    env = ImageEditEnv(cfg.env, train, cfg.env_batch, device)
+    env.reset(seed=cfg.seed)
+    save_json(out / "config.json", cfg.to_dict())
+    model_config = {"agent": cfg.agent.to_dict(), "env": asdict(cfg.env), "size": cfg.size, "task": task}
+    model_config["training"] = cfg.to_dict()  # how it was trained (the benchmarks train their peers alike)
+
+    def validate() -> dict[str, float]:
+        m = evaluate_editing(ImageEditor(agent, cfg.env, device), val)
+        return {"psnr": m["psnr"], "ssim": m["ssim"], "seconds_per_image": m["seconds_per_image"]}
+
+    return loop.run_training(
+        cfg, agent, sac, env, buffer, editing.content, validate, model_config, "psnr", "psnr", logger, resume, progress
+    )

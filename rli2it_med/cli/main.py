@@ -12,7 +12,10 @@ rli2it digits evaluate [--model runs/digits/best.pt]
 rli2it digits demo --out digits.png
 rli2it inpaint train --data lfw --out runs/inpaint --minutes 10
 rli2it inpaint evaluate --model runs/inpaint/best.pt
-rli2it inpaint apply --model runs/inpaint/best.pt --image face.png --mask-size 32 --out filled.png
+rli2it inpaint apply --model runs/inpaint/best.pt --image face.png --mask-size 16 --out filled.png
+rli2it translate train --data brain --out runs/translate --minutes 20
+rli2it translate evaluate --model runs/translate/best.pt
+rli2it translate apply --model runs/translate/best.pt --image labels.png --out t1.png
 """
 
 from __future__ import annotations
@@ -292,35 +295,88 @@ def _inpaint_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inpaint_evaluate(args: argparse.Namespace) -> int:
-    from rli2it_vision.inpainting import Inpainter, evaluate_inpainting, load_images
+def _edit_evaluate(args: argparse.Namespace) -> int:
+    """``inpaint evaluate`` and ``translate evaluate``: PSNR / SSIM of the edited region on a split."""
+    from rli2it_vision.editing import ImageEditor, evaluate_editing
 
-    model = Inpainter.load(args.model, args.device)
-    size = int(model.metadata["config"].get("size", 64))
-    images = load_images(args.data, args.split, size)
-    m = evaluate_inpainting(model, images, args.steps)
-    print(f"{args.model} on {args.data} [{args.split}, {len(images)} images, hole {model.env_config.hole}]")
-    print(f"  hole PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, {1000 * m['seconds_per_image']:.1f} ms per image")
+    if args.task == "inpainting":
+        from rli2it_vision.inpainting import image_pairs as load_pairs
+    else:
+        from rli2it_vision.translation import load_pairs
+    model = ImageEditor.load(args.model, args.device, task=args.task)
+    pairs = load_pairs(args.data, args.split, model.image_size)
+    m = evaluate_editing(model, pairs, args.steps)
+    region = f"hole {model.env_config.hole}" if model.env_config.hole else "whole image"
+    print(f"{args.model} on {args.data} [{args.split}, {len(pairs)} images, {region}]")
+    print(f"  PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, {1000 * m['seconds_per_image']:.1f} ms per image")
     print("  PSNR after each step t: " + " ".join(f"{t}:{p:.2f}" for t, p in enumerate(m["psnr_steps"])))
     return 0
 
 
 def _inpaint_apply(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+    from rli2it_vision.data import load_image, save_image
+    from rli2it_vision.editing import ImageEditor
 
-    from rli2it_med.io import save_png
-    from rli2it_vision.data import load_image
-    from rli2it_vision.inpainting import Inpainter
-
-    model = Inpainter.load(args.model, args.device)
-    size = int(model.metadata["config"].get("size", 64))
+    model = ImageEditor.load(args.model, args.device, task="inpainting")
+    size = model.image_size
     batch = load_image(args.image, size, model.agent.config.in_channels)[None]
-    filled = model.inpaint(batch, args.steps, hole=args.mask_size).filled
-    pixels = ((filled[0].cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    save_png(args.out, pixels[..., 0] if pixels.shape[-1] == 1 else np.ascontiguousarray(pixels))
+    save_image(args.out, model.edit(batch, args.steps, hole=args.mask_size).image[0])
     print(f"wrote {args.out} ({size}x{size}, centre hole {args.mask_size or model.env_config.hole} filled)")
     return 0
+
+
+def _translate_train(args: argparse.Namespace) -> int:
+    from rli2it_vision.translation import TranslateConfig, train_translation
+
+    def new() -> TranslateConfig:
+        cfg = TranslateConfig(out=args.out, data=args.data)
+        cfg.size = args.size or cfg.size
+        cfg.env.max_steps = args.steps or cfg.env.max_steps
+        return cfg
+
+    cfg = _task_config(args, TranslateConfig, new)
+    print(json.dumps(train_translation(cfg, resume=args.resume, progress=not args.quiet), indent=2))
+    return 0
+
+
+def _translate_apply(args: argparse.Namespace) -> int:
+    from rli2it_vision.data import load_image, save_image
+    from rli2it_vision.editing import ImageEditor
+
+    model = ImageEditor.load(args.model, args.device, task="translation")
+    channels = model.agent.config.in_channels - model.agent.config.action_channels
+    source = load_image(args.image, model.image_size, channels)[None]
+    save_image(args.out, model.edit(source, args.steps).image[0])
+    print(f"wrote {args.out} ({model.image_size}x{model.image_size}, {args.steps or model.env_config.max_steps} steps)")
+    return 0
+
+
+def _add_translate(sub) -> None:
+    p = sub.add_parser("translate", help="paired image translation (label map -> T1 by default) step by step")
+    psub = p.add_subparsers(dest="translate_command", required=True)
+    t = psub.add_parser("train", help="train (or resume) the translation agent")
+    t.add_argument("--data", default="brain", help="'brain' (offline label -> T1 slices) or a pix2pix-style folder")
+    _add_training_options(t, "runs/translate")
+    t.add_argument("--size", type=int, help="image size (default 64)")
+    t.add_argument("--steps", type=int, help="episode length T (default 4)")
+    t.set_defaults(func=_translate_train)
+    e = psub.add_parser("evaluate", help="PSNR / SSIM of the translated images and PSNR after each step")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", default="brain")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--steps", type=int)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_edit_evaluate, task="translation")
+    a = psub.add_parser(
+        "apply",
+        help="translate one image and write a PNG (the brain model reads a label map as grey levels: 85 x label)",
+    )
+    a.add_argument("--model", required=True)
+    a.add_argument("--image", required=True)
+    a.add_argument("--out", required=True, help="PNG to write")
+    a.add_argument("--steps", type=int)
+    a.add_argument("--device", default="auto")
+    a.set_defaults(func=_translate_apply)
 
 
 def _add_inpaint(sub) -> None:
@@ -329,8 +385,8 @@ def _add_inpaint(sub) -> None:
     t = psub.add_parser("train", help="train (or resume) the inpainting agent")
     t.add_argument("--data", default="lfw", help="'lfw' (offline faces) or a folder of images")
     _add_training_options(t, "runs/inpaint")
-    t.add_argument("--size", type=int, help="image size (default 64)")
-    t.add_argument("--hole", type=int, help="side of the centre hole (default 32)")
+    t.add_argument("--size", type=int, help="image size (default 32)")
+    t.add_argument("--hole", type=int, help="side of the centre hole (default 16)")
     t.set_defaults(func=_inpaint_train)
     e = psub.add_parser("evaluate", help="PSNR / SSIM of the hole and PSNR after each step")
     e.add_argument("--model", required=True)
@@ -338,7 +394,7 @@ def _add_inpaint(sub) -> None:
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--steps", type=int)
     e.add_argument("--device", default="auto")
-    e.set_defaults(func=_inpaint_evaluate)
+    e.set_defaults(func=_edit_evaluate, task="inpainting")
     a = psub.add_parser("apply", help="fill the centre hole of one image and write a PNG")
     a.add_argument("--model", required=True)
     a.add_argument("--image", required=True)
@@ -433,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.set_defaults(func=_jacobian)
     _add_digits(sub)
     _add_inpaint(sub)
+    _add_translate(sub)
     return parser
 
 

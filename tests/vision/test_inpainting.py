@@ -3,8 +3,18 @@ import torch
 
 from rli2it_med.agent import Agent, EpisodeReplayBuffer, ReplayBatch
 from rli2it_vision.data import lfw_faces
-from rli2it_vision.editing import EditConfig, ImageEditEnv, ImagePairs
-from rli2it_vision.inpainting import Discriminator, InpaintingTask, InpaintLossConfig, agent_config, border_weights
+from rli2it_vision.editing import (
+    Discriminator,
+    EditConfig,
+    EditingTask,
+    EditLossConfig,
+    ImageEditEnv,
+    ImageEditor,
+    ImagePairs,
+    border_weights,
+    evaluate_editing,
+)
+from rli2it_vision.inpainting import agent_config
 
 
 def test_discriminator_is_spectrally_normalised():
@@ -38,10 +48,9 @@ def test_agent_uses_4x4_stride_2_convs_and_a_256_plan():
 
 def test_replayed_states_rebuild_the_environments_and_the_auxiliary_loss_falls():
     faces = lfw_faces("train", 32)
-    loss = InpaintLossConfig(hole=16, border=2)
     env = ImageEditEnv(EditConfig(max_steps=2, hole=16), ImagePairs(faces, faces), batch_size=4)
     agent = Agent(agent_config(1, channels=(8, 16, 32), critic_channels=(8, 16, 32), plan_dim=16))
-    task = InpaintingTask(faces, loss)
+    task = EditingTask(ImagePairs(faces, faces), env.config, EditLossConfig(border=2))
     obs, info = env.reset(seed=0)
     states, fills = [obs], [obs[..., 8:24, 8:24]]
     for _ in range(2):
@@ -51,7 +60,7 @@ def test_replayed_states_rebuild_the_environments_and_the_auxiliary_loss_falls()
     buffer = EpisodeReplayBuffer(8, storage_dtype=torch.float32)
     index = info["indices"].view(1, -1).expand(3, -1)
     buffer.add(
-        {"index": index, "fill": torch.stack(fills)}, torch.zeros(2, 4, 16), torch.zeros(2, 4), torch.zeros(2, 4)
+        {"index": index, "content": torch.stack(fills)}, torch.zeros(2, 4, 16), torch.zeros(2, 4), torch.zeros(2, 4)
     )
     batch = buffer.sample(6, torch.Generator().manual_seed(0))
     rebuilt, rebuilt_next = task.observations(batch)
@@ -73,17 +82,18 @@ def test_replayed_states_rebuild_the_environments_and_the_auxiliary_loss_falls()
 
 
 def test_short_training_improves_the_hole_and_resumes(tmp_path):
-    from rli2it_vision.inpainting import InpaintConfig, Inpainter, evaluate_inpainting, train_inpainting
+    from rli2it_vision.inpainting import InpaintConfig, train_inpainting
 
     small = dict(channels=(16, 32, 64), critic_channels=(16, 32, 64), plan_dim=64)
     cfg = InpaintConfig(out=str(tmp_path / "run"), size=32, max_updates=96, eval_every=16, minutes=10, batch_size=16)
     cfg.agent = agent_config(1, **small)
-    cfg.env.hole = cfg.loss.hole = 16
+    cfg.env.hole, cfg.loss.border, cfg.flip = 16, 4, False
     cfg.sac.lr_aux = 1e-3
     result = train_inpainting(cfg, progress=False)
     assert result["updates"] == 96
-    model = Inpainter.load(tmp_path / "run" / "best.pt", "cpu")
-    m = evaluate_inpainting(model, lfw_faces("test", 32))
+    model = ImageEditor.load(tmp_path / "run" / "best.pt", "cpu", task="inpainting")
+    faces = lfw_faces("test", 32)
+    m = evaluate_editing(model, ImagePairs(faces, faces))
     assert m["psnr"] > m["psnr_steps"][0] + 0.7, m  # 3 runs: +1.27 to +1.30 dB over the empty (grey) hole
     cfg.max_updates = 104
     assert train_inpainting(cfg, resume=True, progress=False)["updates"] == 104
@@ -100,4 +110,6 @@ def test_short_training_improves_the_hole_and_resumes(tmp_path):
     assert cli(["inpaint", "evaluate", "--model", model_path]) == 0
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pt"):
-        Inpainter.load(tmp_path / "bad.pt")
+        ImageEditor.load(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not translation"):
+        ImageEditor.load(model_path, task="translation")
