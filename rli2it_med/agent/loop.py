@@ -190,7 +190,7 @@ def run_training(
         agent.load_state_dict(weights)
         sac.load_state_dict(ts["sac"])
         state.update(ts["state"])
-        generator.set_state(ts["generator"])
+        generator.set_state(ts["generator"].cpu())  # map_location moved the sampler state (CPU) to the device
         env._rng = np.random.default_rng(ts["env_seed"] + rank)
         if writer:
             print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
