@@ -2,7 +2,9 @@
 
 On the held-out pairs of the offline default (tissue label map -> T1 MRI slices, 64x64, the fixed split of
 :mod:`rli2it_vision.translation`) or a pix2pix-style folder (``--data``), each method translates every source and is
-scored on the whole image: PSNR and SSIM (images in [-1, 1], data range 2), milliseconds per image, parameters.
+scored on the whole image: PSNR and SSIM (images in [-1, 1], data range 2), a perceptual distance (channel-normalised
+ImageNet MobileNetV2 activations, :func:`rli2it_vision.perceptual.perceptual_distance`; lower is closer),
+milliseconds per image, parameters.
 
 - pix2pix (Isola et al., 2017) as published: U-Net generator (4x4 stride-2 convs, BatchNorm, LeakyReLU 0.2 down,
   ReLU + transposed convs up, dropout 0.5 in the inner 512-wide up-block, skips, tanh; ngf 64; as many levels as take
@@ -39,6 +41,7 @@ from torch import nn  # noqa: E402
 
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_vision.editing import ImageEditor, ImagePairs, region_psnr, with_mirrors  # noqa: E402
+from rli2it_vision.perceptual import MobileNetV2, load_mobilenet_v2, perceptual_distance  # noqa: E402
 from rli2it_vision.translation import TranslateConfig, load_pairs, train_translation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +144,8 @@ def label_means(train: ImagePairs):
     return run
 
 
-def score(name: str, translate, test: ImagePairs, **extra) -> dict:
+def score(name: str, translate, test: ImagePairs, features: MobileNetV2, **extra) -> dict:
+    """PSNR, SSIM and the perceptual distance on ImageNet MobileNetV2 features (lower is closer) of a method."""
     from monai.metrics import SSIMMetric
 
     start = time.perf_counter()
@@ -149,8 +153,10 @@ def score(name: str, translate, test: ImagePairs, **extra) -> dict:
         pred = translate(test.source).float().clamp(-1, 1)
     ms = 1000 * (time.perf_counter() - start) / len(test)
     ssim = SSIMMetric(spatial_dims=2, data_range=2.0, win_size=7, reduction="none")(pred, test.target)[:, 0]
+    with torch.no_grad():
+        perceptual = perceptual_distance(features, pred, test.target)
     row = {"method": name, "psnr": float(region_psnr(pred, test.target).mean()), "ssim": float(ssim.mean())}
-    row |= {"ms_per_image": ms} | extra
+    row |= {"perceptual": float(perceptual.mean()), "ms_per_image": ms} | extra
     print(f"  {name}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}", file=sys.stderr)
     return row
 
@@ -180,39 +186,38 @@ def main(argv: list[str] | None = None) -> None:
     train = load_pairs(args.data, "train", size)
     val, test = load_pairs(args.data, "val", size), load_pairs(args.data, "test", size)
 
-    rows = []
+    rows, features = [], load_mobilenet_v2()
     if args.data == "brain":
-        rows.append(score("label -> mean T1", label_means(train), test))
+        rows.append(score("label -> mean T1", label_means(train), test, features))
     print(f"  training pix2pix for {minutes:.1f} min...", file=sys.stderr)
     flip = training.get("flip", True)
     g_net, d_net, iters = train_pix2pix(with_mirrors(train) if flip else train, val, minutes, args.seed)
     rows.append(
-        score("pix2pix (U-Net + PatchGAN)", g_net, test, params=count_parameters(g_net),
+        score("pix2pix (U-Net + PatchGAN)", g_net, test, features, params=count_parameters(g_net),
               train_params=count_parameters(g_net) + count_parameters(d_net), train_min=round(minutes, 1),
               train_iters=iters)
     )  # fmt: skip
-    curve = []
-
-    def ours(source: torch.Tensor) -> torch.Tensor:
-        result = rl.edit(source, target=test.target)
-        curve.extend(float(p.mean()) for p in result.psnr)
-        return result.image
-
     params = count_parameters(rl.agent.planner) + count_parameters(rl.agent.actor)
     rows.append(
-        score("rli2it", ours, test, params=params, train_params=count_parameters(rl.agent), train_min=round(minutes, 1),
+        score(f"rli2it ({rl.steps} steps)", lambda source: rl.edit(source).image, test, features, params=params,
+              train_params=count_parameters(rl.agent), train_min=round(minutes, 1),
               train_iters=rl.metadata.get("updates"))
     )  # fmt: skip
+    curve = [float(p.mean()) for p in rl.edit(test.source, rl.env_config.max_steps, target=test.target).psnr]
 
-    cols = ["method", "psnr", "ssim", "ms_per_image", "params", "train_params"]
+    cols = ["method", "psnr", "ssim", "perceptual", "ms_per_image", "params", "train_params"]
     title = f"{len(test)} test pairs {size}x{size} ({args.data})"
     print(f"\nTranslation, {title} ({time.strftime('%Y-%m-%d')})")
     print(" | ".join(f"{c:>26}" for c in cols))
     for r in rows:
         cells = [r.get(c, "-") for c in cols]
         print(" | ".join(f"{v:>26.3f}" if isinstance(v, float) else f"{v!s:>26}" for v in cells))
-    print("rli2it PSNR after each step: " + " ".join(f"{t}:{p:.2f}" for t, p in enumerate(curve)))
-    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "pairs": len(test), "rows": rows, "psnr_per_step": curve}))
+    print(
+        f"rli2it's default: {rl.steps} steps (validated); PSNR after each step: "
+        + " ".join(f"{t}:{p:.2f}" for t, p in enumerate(curve))
+    )
+    summary = {"date": time.strftime("%Y-%m-%d"), "pairs": len(test), "rows": rows, "psnr_per_step": curve}
+    print(json.dumps(summary | {"default_steps": rl.steps}))
 
 
 if __name__ == "__main__":

@@ -214,12 +214,14 @@ class Discriminator(nn.Module):
 @dataclass
 class EditLossConfig:
     """``L1(region, weighted) + adv_weight * hinge GAN + tv_weight * TV``; with a hole, pixels within ``border`` of its
-    edge weigh ``border_weight`` at first, falling linearly to 1 over ``border_updates`` auxiliary steps."""
+    edge weigh ``border_weight`` at first, falling linearly to 1 over ``border_updates`` auxiliary steps. The
+    adversarial weight 0.001 is the context encoder's (Pathak et al., 2016); 0.01 cost 0.3-0.5 dB of hole PSNR on the
+    faces (5-minute runs, docs/benchmarks.md)."""
 
     border: int = 2
     border_weight: float = 5.0
     border_updates: int = 2000
-    adv_weight: float = 0.01
+    adv_weight: float = 0.001
     tv_weight: float = 0.0
     lr_discriminator: float = 2e-4
 
@@ -340,12 +342,17 @@ class ImageEditor:
         agent: planner and actor.
         env: episode length, hole (inpainting) and conditioning (translation).
         device: ``"auto"`` (CUDA when present), ``"cpu"``...
+        steps: default number of steps (default: the episode length; a trained checkpoint's is the number of steps
+            that scored best on validation, see :func:`train_editing`).
     """
 
-    def __init__(self, agent: Agent, env: EditConfig, device: str | torch.device | None = "auto") -> None:
+    def __init__(
+        self, agent: Agent, env: EditConfig, device: str | torch.device | None = "auto", steps: int | None = None
+    ) -> None:
         self.device = resolve_device(device)
         self.agent = agent.to(self.device).eval()
         self.env_config = env
+        self.steps = env.max_steps if steps is None else int(steps)
         self.metadata: dict[str, Any] = {}
 
     @classmethod
@@ -361,7 +368,7 @@ class ImageEditor:
             raise ValueError(f"{path}: not an image-editing agent this version can load ({e})") from e
         if task is not None and config.get("task") != task:
             raise ValueError(f"{path}: a {config.get('task')} model, not {task}")
-        model = cls(agent, env, device)
+        model = cls(agent, env, device, payload.get("val", {}).get("steps"))
         model.metadata = {k: v for k, v in payload.items() if k != "state_dict"}
         return model
 
@@ -378,10 +385,10 @@ class ImageEditor:
         target: torch.Tensor | None = None,
         hole: int | None = None,
     ) -> EditResult:
-        """Edit (B, C, H, W) images in [-1, 1] for ``steps`` steps (default: the trained T). Inpainting fills the
+        """Edit (B, C, H, W) images in [-1, 1] for ``steps`` steps (default ``self.steps``). Inpainting fills the
         centre hole (default: the trained size; what the images hold there is ignored); translation maps the source.
         With ``target`` the result has the region's PSNR after each step t = 0..T."""
-        steps = self.env_config.max_steps if steps is None else int(steps)
+        steps = self.steps if steps is None else int(steps)
         expected = self.agent.config.in_channels - (
             self.agent.config.action_channels if self.env_config.condition else 0
         )
@@ -463,7 +470,10 @@ def train_editing(
     cfg: EditTrainConfig, train: ImagePairs, val: ImagePairs, task: str, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Train (or resume) an image-editing agent on ``train`` pairs (mirrored too when ``cfg.flip``), validating on
-    ``val``, with :func:`rli2it_med.agent.loop.run_training`; checkpoints record ``task`` and the configuration."""
+    ``val``, with :func:`rli2it_med.agent.loop.run_training`; checkpoints record ``task`` and the configuration.
+
+    Validation runs the episode's T steps and scores the step t >= 1 of the best PSNR; that ``steps`` is the
+    checkpoint's default number of steps (like an iterative method's stopping time, chosen on validation data)."""
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -486,8 +496,10 @@ def train_editing(
     model_config["training"] = cfg.to_dict()  # how it was trained (the benchmarks train their peers alike)
 
     def validate() -> dict[str, float]:
-        m = evaluate_editing(ImageEditor(agent, cfg.env, device), val)
-        return {"psnr": m["psnr"], "ssim": m["ssim"], "seconds_per_image": m["seconds_per_image"]}
+        curve = evaluate_editing(ImageEditor(agent, cfg.env, device), val)["psnr_steps"]
+        steps = 1 + int(np.argmax(curve[1:]))
+        m = evaluate_editing(ImageEditor(agent, cfg.env, device, steps), val)
+        return {"psnr": m["psnr"], "ssim": m["ssim"], "steps": steps, "seconds_per_image": m["seconds_per_image"]}
 
     return loop.run_training(
         cfg, agent, sac, env, buffer, editing.content, validate, model_config, "psnr", "psnr", logger, resume, progress

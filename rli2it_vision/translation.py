@@ -46,7 +46,11 @@ _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 
 
 def agent_config(source_channels: int = 1, target_channels: int = 1, **overrides) -> AgentConfig:
-    """Planner/actor/critic for translation: 4x4 stride-2 convs, plan of 256, state = source + prediction."""
+    """Planner/actor/critic for translation: 4x4 stride-2 convs, plan of 256, state = source + prediction.
+
+    The action bound is 1.1 (the environment clamps to [-1, 1]): with a bound of 1, targets at -1 (a scan's black
+    background) sit where tanh saturates, L1 drives the shared output layer there and the actor collapses to black.
+    """
     base = dict(
         spatial_dims=2,
         in_channels=source_channels + target_channels,
@@ -55,7 +59,7 @@ def agent_config(source_channels: int = 1, target_channels: int = 1, **overrides
         channels=(16, 32, 64, 128),
         critic_channels=(16, 32, 64, 128),
         down_kernel=4,
-        action_bound=1.0,
+        action_bound=1.1,
     )
     return AgentConfig(**(base | overrides))
 
@@ -160,7 +164,7 @@ class TranslateConfig(EditTrainConfig):
     size: int = 64
     agent: AgentConfig = field(default_factory=agent_config)
     env: EditConfig = field(default_factory=lambda: EditConfig(max_steps=4, condition=True))
-    loss: EditLossConfig = field(default_factory=lambda: EditLossConfig(border=0, adv_weight=0.01))
+    loss: EditLossConfig = field(default_factory=lambda: EditLossConfig(border=0))
 
 
 def train_translation(cfg: TranslateConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:

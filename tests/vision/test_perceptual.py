@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+from skimage import data
+from skimage.transform import resize
+
+from rli2it_vision.perceptual import MobileNetV2, imagenet_input, load_mobilenet_v2, perceptual_distance
+
+
+def _photo(name: str) -> torch.Tensor:
+    image = getattr(data, name)()
+    h, w = image.shape[:2]
+    s = min(h, w)
+    image = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+    rgb = resize(image, (224, 224), anti_aliasing=True).astype(np.float32)
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None] * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def net():
+    return load_mobilenet_v2()
+
+
+def test_shipped_imagenet_weights_reproduce_predictions(net):
+    with torch.no_grad():
+        logits = net(imagenet_input(torch.cat([_photo("chelsea"), _photo("coffee")])))
+    assert logits.argmax(1).tolist() == [285, 967]  # Egyptian cat (the cat Chelsea), espresso
+    assert logits.softmax(1).max(1).values.min() > 0.7
+
+
+def test_feature_maps_and_perceptual_distance(net):
+    x = _photo("chelsea")
+    maps = net.feature_maps(imagenet_input(x))
+    assert [m.shape[1:] for m in maps] == [(24, 56, 56), (32, 28, 28), (96, 14, 14), (320, 7, 7)]
+    with torch.no_grad():
+        same = perceptual_distance(net, x, x)
+        noisy = perceptual_distance(net, x, (x + 0.1 * torch.randn_like(x)).clamp(-1, 1))
+        other = perceptual_distance(net, x, _photo("coffee"))
+    assert same.abs().item() < 1e-6 and 0 < noisy.item() < other.item()
+    with pytest.raises(ValueError, match="layers"):
+        net.feature_maps(x, (25,))
+
+
+def test_a_wrong_state_dict_is_named(tmp_path):
+    torch.save(MobileNetV2(num_classes=10).state_dict(), tmp_path / "ten.pth")
+    with pytest.raises(ValueError, match="ten.pth"):
+        load_mobilenet_v2(tmp_path / "ten.pth")
