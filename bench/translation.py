@@ -19,7 +19,9 @@ milliseconds per image, parameters.
     python bench/translation.py --model runs/translate/best.pt --minutes 20
     python bench/translation.py --quick            # 1-minute trainings
 
-The table goes to stdout, and its last line is the same as one JSON object.
+Parameters: at inference (pix2pix's generator; rli2it's planner + actor) and trained (+ pix2pix's PatchGAN; + rli2it's
+twin critic and SNGAN discriminator, not counting the critic's Polyak target copy). The table goes to stdout, and its
+last line is the same as one JSON object.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
-from rli2it_vision.editing import ImageEditor, ImagePairs, region_psnr, with_mirrors  # noqa: E402
+from rli2it_vision.editing import Discriminator, ImageEditor, ImagePairs, region_psnr, with_mirrors  # noqa: E402
 from rli2it_vision.perceptual import MobileNetV2, load_mobilenet_v2, perceptual_distance  # noqa: E402
 from rli2it_vision.translation import TranslateConfig, load_pairs, train_translation  # noqa: E402
 
@@ -198,9 +200,10 @@ def main(argv: list[str] | None = None) -> None:
               train_iters=iters)
     )  # fmt: skip
     params = count_parameters(rl.agent.planner) + count_parameters(rl.agent.actor)
+    trained = params + count_parameters(rl.agent.critic) + count_parameters(Discriminator(rl.agent.config.in_channels))
     rows.append(
         score(f"rli2it ({rl.steps} steps)", lambda source: rl.edit(source).image, test, features, params=params,
-              train_params=count_parameters(rl.agent), train_min=round(minutes, 1),
+              train_params=trained, train_min=round(minutes, 1),
               train_iters=rl.metadata.get("updates"))
     )  # fmt: skip
     curve = [float(p.mean()) for p in rl.edit(test.source, rl.env_config.max_steps, target=test.target).psnr]

@@ -62,9 +62,9 @@ def read_image(path: str | Path) -> np.ndarray:
     return image / 255.0 if image.max() > 1 else image
 
 
-def image_tensor(image: np.ndarray, size: int, channels: int = 3) -> torch.Tensor:
-    """A [0, 1] (H, W) or (H, W, 3) array, centre-cropped square and resized to ``size``: (channels, size, size)
-    in [-1, 1]."""
+def image_tensor(image: np.ndarray, size: int | None, channels: int = 3) -> torch.Tensor:
+    """A [0, 1] (H, W) or (H, W, 3) array as a (channels, size, size) tensor in [-1, 1], centre-cropped square and
+    resized; ``size=None`` keeps the whole image as it is, (channels, H, W)."""
     from skimage.color import gray2rgb, rgb2gray
 
     if channels == 1 and image.ndim == 3:
@@ -72,6 +72,9 @@ def image_tensor(image: np.ndarray, size: int, channels: int = 3) -> torch.Tenso
     elif channels == 3 and image.ndim == 2:
         image = gray2rgb(image)
     h, w = image.shape[:2]
+    if size is None:
+        t = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32).reshape(h, w, -1).permute(2, 0, 1)
+        return to_unit_range(t.clamp(0, 1))
     s = min(h, w)
     image = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
     t = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32).reshape(s, s, -1).permute(2, 0, 1)[None]

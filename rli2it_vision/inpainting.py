@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from rli2it_med.agent import AgentConfig
 from rli2it_vision.data import image_folder, lfw_faces
-from rli2it_vision.editing import EditConfig, EditTrainConfig, ImagePairs, train_editing
+from rli2it_vision.editing import EditConfig, EditTrainConfig, ImageEditor, ImagePairs, centre_hole, train_editing
 
-__all__ = ["InpaintConfig", "agent_config", "image_pairs", "load_images", "train_inpainting"]
+__all__ = ["InpaintConfig", "agent_config", "image_pairs", "inpaint_image", "load_images", "train_inpainting"]
 
 
 def agent_config(image_channels: int = 1, **overrides) -> AgentConfig:
@@ -81,3 +82,33 @@ def train_inpainting(cfg: InpaintConfig, resume: bool = False, progress: bool = 
         raise ValueError("inpainting needs a hole (env.hole > 0)")
     train, val = image_pairs(cfg.data, "train", cfg.size), image_pairs(cfg.data, "val", cfg.size)
     return train_editing(cfg, train, val, "inpainting", resume, progress)
+
+
+def inpaint_image(
+    model: ImageEditor, image: torch.Tensor, mask_size: int | None = None, steps: int | None = None
+) -> torch.Tensor:
+    """Fill the centre hole of one (C, H, W) image in [-1, 1] at its own resolution; the rest stays as it was.
+
+    The image's centred square is resized to the model's size, the model fills the hole there, and the fill is
+    resized back (bicubic) into the image.
+
+    Args:
+        mask_size: side of the hole in the image's pixels (default: the trained hole's share of the square).
+        steps: agent steps (default: the model's).
+    """
+    if image.ndim != 3:
+        raise ValueError(f"expected one (C, H, W) image, got {tuple(image.shape)}")
+    h, w = image.shape[1:]
+    side, size = min(h, w), model.image_size
+    mask = round(model.env_config.hole * side / size) if mask_size is None else int(mask_size)
+    if not 0 < mask < side:
+        raise ValueError(f"the hole's side must lie in (0, {side}) for a {h}x{w} image, got {mask}")
+    top, left = (h - side) // 2, (w - side) // 2
+    square = image[None, :, top : top + side, left : left + side].float()
+    small = F.interpolate(square, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    hole = min(max(1, round(mask * size / side)), size - 1)
+    filled = model.edit(small, steps, hole=hole).image.cpu()
+    fill = F.interpolate(filled[(..., *centre_hole((size, size), hole))], size=(mask, mask), mode="bicubic")
+    out = image.clone()
+    out[(..., *centre_hole((h, w), mask))] = fill[0].clamp(-1, 1).to(out)
+    return out

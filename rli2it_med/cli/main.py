@@ -12,7 +12,7 @@ rli2it digits evaluate [--model runs/digits/best.pt]
 rli2it digits demo --out digits.png
 rli2it inpaint train --data lfw --out runs/inpaint --minutes 10
 rli2it inpaint evaluate --model runs/inpaint/best.pt
-rli2it inpaint apply --model runs/inpaint/best.pt --image face.png --mask-size 16 --out filled.png
+rli2it inpaint apply --model runs/inpaint/best.pt --image face.png --mask-size 64 --out filled.png
 rli2it translate train --data brain --out runs/translate --minutes 20
 rli2it translate evaluate --model runs/translate/best.pt
 rli2it translate apply --model runs/translate/best.pt --image labels.png --out t1.png
@@ -318,14 +318,16 @@ def _edit_evaluate(args: argparse.Namespace) -> int:
 
 
 def _inpaint_apply(args: argparse.Namespace) -> int:
-    from rli2it_vision.data import load_image, save_image
+    from rli2it_vision.data import image_tensor, read_image, save_image
     from rli2it_vision.editing import ImageEditor
+    from rli2it_vision.inpainting import inpaint_image
 
     model = ImageEditor.load(args.model, args.device, task="inpainting")
-    size = model.image_size
-    batch = load_image(args.image, size, model.agent.config.in_channels)[None]
-    save_image(args.out, model.edit(batch, args.steps, hole=args.mask_size).image[0])
-    print(f"wrote {args.out} ({size}x{size}, centre hole {args.mask_size or model.env_config.hole} filled)")
+    image = image_tensor(read_image(args.image), None, model.agent.config.in_channels)
+    filled = inpaint_image(model, image, args.mask_size, args.steps)
+    save_image(args.out, filled)
+    mask = args.mask_size or round(model.env_config.hole * min(image.shape[1:]) / model.image_size)
+    print(f"wrote {args.out} ({image.shape[2]}x{image.shape[1]}, centre hole {mask}x{mask} filled)")
     return 0
 
 
@@ -402,7 +404,9 @@ def _add_inpaint(sub) -> None:
     a = psub.add_parser("apply", help="fill the centre hole of one image and write a PNG")
     a.add_argument("--model", required=True)
     a.add_argument("--image", required=True)
-    a.add_argument("--mask-size", type=int, help="side of the centre hole (default: the trained one)")
+    a.add_argument(
+        "--mask-size", type=int, help="side of the centre hole in the image's pixels (default: the trained share)"
+    )
     a.add_argument("--out", required=True, help="PNG to write")
     a.add_argument("--steps", type=int)
     a.add_argument("--device", default="auto")

@@ -14,7 +14,7 @@ from rli2it_vision.editing import (
     border_weights,
     evaluate_editing,
 )
-from rli2it_vision.inpainting import agent_config
+from rli2it_vision.inpainting import agent_config, inpaint_image
 
 
 def test_discriminator_is_spectrally_normalised():
@@ -101,12 +101,20 @@ def test_short_training_improves_the_hole_and_resumes(tmp_path):
 
     from rli2it_med.cli.main import main as cli
 
-    skio.imsave(tmp_path / "face.png", ((lfw_faces("test", 40)[0, 0] + 1) * 127.5).byte().numpy(), check_contrast=False)
+    pixels = ((lfw_faces("test", 40)[0, 0, :, 5:35] + 1) * 127.5).round().byte().numpy()  # 40 x 30, not square
+    skio.imsave(tmp_path / "face.png", pixels, check_contrast=False)
     out = tmp_path / "filled.png"
     model_path = str(tmp_path / "run" / "best.pt")
     face = str(tmp_path / "face.png")
-    assert cli(["inpaint", "apply", "--model", model_path, "--image", face, "--out", str(out)]) == 0
-    assert out.read_bytes()[:4] == b"\x89PNG"
+    args = ["inpaint", "apply", "--model", model_path, "--image", face, "--out", str(out), "--mask-size", "12"]
+    assert cli(args) == 0
+    filled = skio.imread(out)
+    assert filled.shape == (40, 30)  # the input's own size; only the centre 12x12 hole changed
+    changed = filled != pixels
+    assert not changed[:14].any() and not changed[26:].any() and not changed[:, :9].any() and not changed[:, 21:].any()
+    assert changed[14:26, 9:21].mean() > 0.5
+    with pytest.raises(ValueError, match="hole's side"):
+        inpaint_image(model, torch.zeros(1, 40, 30), mask_size=30)
     assert cli(["inpaint", "evaluate", "--model", model_path]) == 0
     (tmp_path / "bad.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pt"):

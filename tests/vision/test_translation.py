@@ -81,7 +81,8 @@ def test_short_translation_training_improves_and_the_commands_run(tmp_path):
     assert train_translation(cfg, progress=False)["updates"] == 64
     model = ImageEditor.load(tmp_path / "run" / "best.pt", "cpu", task="translation")
     m = evaluate_editing(model, brain_pairs("test", 32, count=20))
-    assert m["psnr"] > m["psnr_steps"][0] + 3.0, m
+    # measured 23.6 dB; any constant image scores <= 10.1 (all black, what a collapsed actor gives: 9.0)
+    assert m["psnr"] > 18.0, m
     labels = ((brain_pairs("test", 32, count=1).source[0, 0] + 1) / 2 * 255).round().byte().numpy()
     _png(tmp_path / "labels.png", labels)
     out = tmp_path / "t1.png"
