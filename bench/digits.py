@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.registration import plot_curve, train_voxelmorph  # noqa: E402
+from bench.registration import plot_curve, print_table, train_voxelmorph  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
@@ -162,11 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     plot_curve(curve, peers, Path(args.plot), trained_t, title, "mean Dice of the digit masks")
 
     cols = ["method", "dice_mean", *(f"dice_{d}" for d in range(10)), "folding_pct", "ms_per_pair", "params"]
-    print(f"\nDigitsTransform, {len(test)} {args.mode}-digit MNIST test pairs ({time.strftime('%Y-%m-%d')})")
-    print(" | ".join(f"{c.replace('dice_', ''):>9}" for c in cols))
-    for r in rows:
-        cells = [r.get(c, "-") for c in cols]
-        print(" | ".join(f"{v:>9.3f}" if isinstance(v, float) else f"{v!s:>9}" for v in cells))
+    title = f"DigitsTransform, {len(test)} {args.mode}-digit MNIST test pairs"
+    print_table(title, rows, cols, 9, label=lambda c: c.replace("dice_", ""))
     vm, rl = rows[1], rows[2]
     margins = [rl[f"dice_{d}"] - vm[f"dice_{d}"] for d in range(10)]
     print("Dice after each rli2it step: " + " ".join(f"{t}:{d:.3f}" for t, d in enumerate(curve)))

@@ -30,6 +30,7 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.registration import print_table  # noqa: E402
 from rli2it_med.agent import Agent, ReplayBatch  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_vision.editing import EditingTask, ImageEditor, ImagePairs, centre_hole, region_psnr, with_mirrors  # noqa: E402
@@ -173,11 +174,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cols = ["method", "psnr", "ssim", "ms_per_image", "params"]
     title = f"{len(test)} LFW test faces {size}x{size}, {rl.env_config.hole}px hole"
-    print(f"\nInpainting, {title} ({time.strftime('%Y-%m-%d')})")
-    print(" | ".join(f"{c:>24}" for c in cols))
-    for r in rows:
-        cells = [r.get(c, "-") for c in cols]
-        print(" | ".join(f"{v:>24.3f}" if isinstance(v, float) else f"{v!s:>24}" for v in cells))
+    print_table(f"Inpainting, {title}", rows, cols, 24)
     print(
         f"rli2it's default: {rl.steps} steps (validated); hole PSNR after each step: "
         + " ".join(f"{t}:{p:.2f}" for t, p in enumerate(curve))

@@ -160,6 +160,16 @@ def dice_vs_step(reg: Registrator, pairs: PairDataset, n: int, steps: int) -> np
     return np.mean(curves, 0)
 
 
+def print_table(title: str, rows: list[dict], cols: list[str], width: int, digits: int = 3, label=str) -> None:
+    """A bench's results table on stdout: ``title``, then one line per row, cells right-aligned in ``width``
+    (floats with ``digits`` decimals, missing cells "-"); ``label`` maps a column name to its header."""
+    print(f"\n{title} ({time.strftime('%Y-%m-%d')})")
+    print(" | ".join(f"{label(c):>{width}}" for c in cols))
+    for r in rows:
+        cells = [r.get(c, "-") for c in cols]
+        print(" | ".join(f"{v:>{width}.{digits}f}" if isinstance(v, float) else f"{v!s:>{width}}" for v in cells))
+
+
 def plot_curve(
     curve: np.ndarray, peers: dict[str, float], path: Path, trained_steps: int, title: str, ylabel: str
 ) -> None:
@@ -233,10 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     plot_curve(curve, peers, plot, trained_t, title, "mean Dice (CSF, GM, WM)")
 
     cols = ["method", "dice_gm_wm", "dice_CSF", "dice_GM", "dice_WM", "hd95_mm", "folding_pct", "s_per_pair", "params"]
-    print(f"\n{args.dim}D brain registration, {n} test pairs ({time.strftime('%Y-%m-%d')})")
-    print(" | ".join(f"{c:>16}" for c in cols))
-    for r in rows:
-        print(" | ".join(f"{r[c]:>16.4f}" if isinstance(r[c], float) else f"{r[c]!s:>16}" for c in cols))
+    print_table(f"{args.dim}D brain registration, {n} test pairs", rows, cols, 16, digits=4)
     best_classic = (
         max(r["dice_gm_wm"] for r in rows if r["method"] in ("ANTs SyN", "SimpleITK demons"))
         if any(r["method"] in ("ANTs SyN", "SimpleITK demons") for r in rows)

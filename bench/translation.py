@@ -41,6 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.registration import print_table  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_vision.editing import Discriminator, ImageEditor, ImagePairs, region_psnr, with_mirrors  # noqa: E402
 from rli2it_vision.perceptual import MobileNetV2, load_mobilenet_v2, perceptual_distance  # noqa: E402
@@ -210,11 +211,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cols = ["method", "psnr", "ssim", "perceptual", "ms_per_image", "params", "train_params"]
     title = f"{len(test)} test pairs {size}x{size} ({args.data})"
-    print(f"\nTranslation, {title} ({time.strftime('%Y-%m-%d')})")
-    print(" | ".join(f"{c:>26}" for c in cols))
-    for r in rows:
-        cells = [r.get(c, "-") for c in cols]
-        print(" | ".join(f"{v:>26.3f}" if isinstance(v, float) else f"{v!s:>26}" for v in cells))
+    print_table(f"Translation, {title}", rows, cols, 26)
     print(
         f"rli2it's default: {rl.steps} steps (validated); PSNR after each step: "
         + " ".join(f"{t}:{p:.2f}" for t, p in enumerate(curve))

@@ -44,6 +44,7 @@ __all__ = [
     "ImageEditEnv",
     "ImageEditor",
     "ImagePairs",
+    "agent_config",
     "border_weights",
     "centre_hole",
     "evaluate_editing",
@@ -187,6 +188,21 @@ class ImageEditEnv:
     def _info(self) -> dict:
         st = self._state
         return {"current": st["current"], "psnr": st["psnr"], "t": st["t"], "indices": st["indices"]}
+
+
+def agent_config(in_channels: int, action_channels: int, **overrides: Any) -> AgentConfig:
+    """Context-encoder-like planner/actor/critic of the image tasks: 4x4 stride-2 convs, a plan of 256 (SPEC)."""
+    base = dict(
+        spatial_dims=2,
+        in_channels=in_channels,
+        action_channels=action_channels,
+        plan_dim=256,
+        channels=(32, 64, 128, 256),
+        critic_channels=(32, 64, 128, 256),
+        down_kernel=4,
+        action_bound=1.0,
+    )
+    return AgentConfig(**(base | overrides))
 
 
 class Discriminator(nn.Module):

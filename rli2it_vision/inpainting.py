@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rli2it_med.agent import AgentConfig
+from rli2it_vision import editing
 from rli2it_vision.data import image_folder, lfw_faces
 from rli2it_vision.editing import EditConfig, EditTrainConfig, ImageEditor, ImagePairs, centre_hole, train_editing
 
@@ -26,18 +27,8 @@ __all__ = ["InpaintConfig", "agent_config", "image_pairs", "inpaint_image", "loa
 
 
 def agent_config(image_channels: int = 1, **overrides) -> AgentConfig:
-    """Planner/actor/critic for inpainting ``image_channels``-channel images: 4x4 stride-2 convs, plan of 256."""
-    base = dict(
-        spatial_dims=2,
-        in_channels=image_channels,
-        action_channels=image_channels,
-        plan_dim=256,
-        channels=(32, 64, 128, 256),
-        critic_channels=(32, 64, 128, 256),
-        down_kernel=4,
-        action_bound=1.0,
-    )
-    return AgentConfig(**(base | overrides))
+    """Planner/actor/critic for inpainting ``image_channels``-channel images (:func:`editing.agent_config`)."""
+    return editing.agent_config(image_channels, image_channels, **overrides)
 
 
 @dataclass

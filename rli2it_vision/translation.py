@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rli2it_med.agent import AgentConfig
+from rli2it_vision import editing
 from rli2it_vision.data import IMAGE_SUFFIXES, image_tensor, load_image, read_image
 from rli2it_vision.editing import EditConfig, EditLossConfig, EditTrainConfig, ImagePairs, train_editing
 
@@ -46,22 +47,14 @@ _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 
 
 def agent_config(source_channels: int = 1, target_channels: int = 1, **overrides) -> AgentConfig:
-    """Planner/actor/critic for translation: 4x4 stride-2 convs, plan of 256, state = source + prediction.
+    """Planner/actor/critic for translation (:func:`editing.agent_config`, half the widths): state = source +
+    prediction.
 
     The action bound is 1.1 (the environment clamps to [-1, 1]): with a bound of 1, targets at -1 (a scan's black
     background) sit where tanh saturates, L1 drives the shared output layer there and the actor collapses to black.
     """
-    base = dict(
-        spatial_dims=2,
-        in_channels=source_channels + target_channels,
-        action_channels=target_channels,
-        plan_dim=256,
-        channels=(16, 32, 64, 128),
-        critic_channels=(16, 32, 64, 128),
-        down_kernel=4,
-        action_bound=1.1,
-    )
-    return AgentConfig(**(base | overrides))
+    base = dict(channels=(16, 32, 64, 128), critic_channels=(16, 32, 64, 128), action_bound=1.1)
+    return editing.agent_config(source_channels + target_channels, target_channels, **(base | overrides))
 
 
 def _brain_slices(split: str) -> list[int]:

@@ -331,6 +331,17 @@ def _inpaint_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_edit_evaluate(psub, task: str, data: str, text: str) -> None:
+    """The ``evaluate`` subcommand of an image-editing task (see :func:`_edit_evaluate`)."""
+    e = psub.add_parser("evaluate", help=text)
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", default=data)
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--steps", type=int)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_edit_evaluate, task=task)
+
+
 def _translate_train(args: argparse.Namespace) -> int:
     from rli2it_vision.translation import TranslateConfig, train_translation
 
@@ -353,7 +364,7 @@ def _translate_apply(args: argparse.Namespace) -> int:
     channels = model.agent.config.in_channels - model.agent.config.action_channels
     source = load_image(args.image, model.image_size, channels)[None]
     save_image(args.out, model.edit(source, args.steps).image[0])
-    print(f"wrote {args.out} ({model.image_size}x{model.image_size}, {args.steps or model.env_config.max_steps} steps)")
+    print(f"wrote {args.out} ({model.image_size}x{model.image_size}, {args.steps or model.steps} steps)")
     return 0
 
 
@@ -366,13 +377,7 @@ def _add_translate(sub) -> None:
     t.add_argument("--size", type=int, help="image size (default 64)")
     t.add_argument("--steps", type=int, help="episode length T (default 4)")
     t.set_defaults(func=_translate_train)
-    e = psub.add_parser("evaluate", help="PSNR / SSIM of the translated images and PSNR after each step")
-    e.add_argument("--model", required=True)
-    e.add_argument("--data", default="brain")
-    e.add_argument("--split", default="test", choices=("train", "val", "test"))
-    e.add_argument("--steps", type=int)
-    e.add_argument("--device", default="auto")
-    e.set_defaults(func=_edit_evaluate, task="translation")
+    _add_edit_evaluate(psub, "translation", "brain", "PSNR / SSIM of the translated images and PSNR after each step")
     a = psub.add_parser(
         "apply",
         help="translate one image and write a PNG (the brain model reads a label map as grey levels: 85 x label)",
@@ -394,13 +399,7 @@ def _add_inpaint(sub) -> None:
     t.add_argument("--size", type=int, help="image size (default 32)")
     t.add_argument("--hole", type=int, help="side of the centre hole (default 16)")
     t.set_defaults(func=_inpaint_train)
-    e = psub.add_parser("evaluate", help="PSNR / SSIM of the hole and PSNR after each step")
-    e.add_argument("--model", required=True)
-    e.add_argument("--data", default="lfw")
-    e.add_argument("--split", default="test", choices=("train", "val", "test"))
-    e.add_argument("--steps", type=int)
-    e.add_argument("--device", default="auto")
-    e.set_defaults(func=_edit_evaluate, task="inpainting")
+    _add_edit_evaluate(psub, "inpainting", "lfw", "PSNR / SSIM of the hole and PSNR after each step")
     a = psub.add_parser("apply", help="fill the centre hole of one image and write a PNG")
     a.add_argument("--model", required=True)
     a.add_argument("--image", required=True)
