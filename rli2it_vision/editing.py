@@ -278,6 +278,19 @@ class EditingTask:
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=loss.lr_discriminator, betas=(0.5, 0.9))
         self.n_updates = 0
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the agent: the discriminator, its optimiser and the update count."""
+        return {
+            "discriminator": self.discriminator.state_dict(),
+            "d_optimizer": self.d_optimizer.state_dict(),
+            "n_updates": self.n_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
+        self.n_updates = int(state["n_updates"])
+
     def content(self, info: dict) -> dict[str, torch.Tensor]:
         """The compact state of an environment ``info`` (the loop adds the pair index)."""
         return {"content": info["current"][(..., *self.region)]}

@@ -199,11 +199,15 @@ class SAC:
             "planner_optimizer": self.planner_optimizer.state_dict(),
             "alpha_optimizer": self.alpha_optimizer.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict(),
-        }
+        } | ({"task": self.task.state_dict()} if hasattr(self.task, "state_dict") else {})
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore counters, temperature and optimisers, and the task's own state (e.g. a discriminator) when it has
+        one."""
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         self.n_updates = int(state["n_updates"])
         for name in ("critic_optimizer", "planner_optimizer", "alpha_optimizer", "aux_optimizer"):
             getattr(self, name).load_state_dict(state[name])
+        if "task" in state and hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(state["task"])

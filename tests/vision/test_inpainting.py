@@ -95,6 +95,12 @@ def test_short_training_improves_the_hole_and_resumes(tmp_path):
     faces = lfw_faces("test", 32)
     m = evaluate_editing(model, ImagePairs(faces, faces))
     assert m["psnr"] > m["psnr_steps"][0] + 0.7, m  # 3 runs: +1.27 to +1.30 dB over the empty (grey) hole
+    saved = torch.load(tmp_path / "run" / "train_state.pt", weights_only=False)["sac"]["task"]
+    assert saved["n_updates"] > 0 and "head.parametrizations.weight.original" in saved["discriminator"]
+    resumed = EditingTask(ImagePairs(faces, faces), cfg.env, cfg.loss)
+    resumed.load_state_dict(saved)  # the discriminator resumes too
+    assert all(torch.equal(a, b) for a, b in zip(resumed.discriminator.state_dict().values(),
+                                                 saved["discriminator"].values()))  # fmt: skip
     cfg.max_updates = 104
     assert train_inpainting(cfg, resume=True, progress=False)["updates"] == 104
     from skimage import io as skio
