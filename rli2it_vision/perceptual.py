@@ -4,7 +4,8 @@ No VGG weights install offline here and torchvision does not import beside the C
 MobileNetV2 (Sandler et al., 2018) itself, with the module names of torchvision's state dict, and loads
 ``mobilenet_v2-b0353104.pth`` from that package. :class:`MobileNetV2` classifies (1000 ImageNet classes);
 :meth:`MobileNetV2.feature_maps` returns the activations after chosen blocks for perceptual, content and style
-losses; :func:`perceptual_distance` compares two image batches in that feature space.
+losses; :func:`perceptual_distance` compares two image batches in that feature space; :func:`gram_matrix`,
+:func:`style_loss` and :func:`content_loss` are the neural-style-transfer losses (Gatys et al., 2016) on it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MobileNetV2",
+    "content_loss",
+    "gram_matrix",
     "imagenet_input",
     "load_mobilenet_v2",
     "perceptual_distance",
     "shipped_weights",
+    "style_loss",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -144,3 +148,27 @@ def perceptual_distance(
         b = b / (b.norm(dim=1, keepdim=True) + 1e-10)
         dists.append((a - b).pow(2).sum(1).mean((1, 2)))
     return torch.stack(dists).mean(0)
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) activations -> (B, C, C) Gram matrices, normalised by C * H * W."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def style_loss(
+    net: MobileNetV2, images: torch.Tensor, style: torch.Tensor, layers: Sequence[int] = (3, 6, 13, 17)
+) -> torch.Tensor:
+    """Sum over ``layers`` of the squared Frobenius distance between the Gram matrices of ``images`` (B, C, H, W)
+    and of ``style`` (1 or B images), all in [-1, 1]; shape (B,)."""
+    targets = [gram_matrix(f) for f in net.feature_maps(imagenet_input(style), layers)]
+    feats = net.feature_maps(imagenet_input(images), layers)
+    return sum((gram_matrix(f) - g).pow(2).sum((1, 2)) for f, g in zip(feats, targets))
+
+
+def content_loss(net: MobileNetV2, images: torch.Tensor, content: torch.Tensor, layer: int = 13) -> torch.Tensor:
+    """Mean squared distance of the activations after ``features[layer]`` of ``images`` and ``content``; shape (B,)."""
+    (a,) = net.feature_maps(imagenet_input(images), (layer,))
+    (b,) = net.feature_maps(imagenet_input(content), (layer,))
+    return (a - b).pow(2).mean((1, 2, 3))

@@ -4,7 +4,15 @@ import torch
 from skimage import data
 from skimage.transform import resize
 
-from rli2it_vision.perceptual import MobileNetV2, imagenet_input, load_mobilenet_v2, perceptual_distance
+from rli2it_vision.perceptual import (
+    MobileNetV2,
+    content_loss,
+    gram_matrix,
+    imagenet_input,
+    load_mobilenet_v2,
+    perceptual_distance,
+    style_loss,
+)
 
 
 def _photo(name: str) -> torch.Tensor:
@@ -45,3 +53,20 @@ def test_a_wrong_state_dict_is_named(tmp_path):
     torch.save(MobileNetV2(num_classes=10).state_dict(), tmp_path / "ten.pth")
     with pytest.raises(ValueError, match="ten.pth"):
         load_mobilenet_v2(tmp_path / "ten.pth")
+
+
+def test_gram_matrix_by_hand():
+    f = torch.tensor([[1.0, 2.0], [0.0, 1.0]]).view(1, 2, 1, 2)  # two channels over two pixels
+    expected = torch.tensor([[5.0, 2.0], [2.0, 1.0]]) / 4
+    torch.testing.assert_close(gram_matrix(f), expected[None])
+
+
+def test_style_and_content_losses(net):
+    cat, coffee = _photo("chelsea"), _photo("coffee")
+    with torch.no_grad():
+        assert style_loss(net, cat, cat).item() < 1e-8 and content_loss(net, cat, cat).item() == 0
+        mirrored = cat.flip(-1)  # same textures, other layout: style close, content far
+        s_mirror, s_other = style_loss(net, mirrored, cat).item(), style_loss(net, coffee, cat).item()
+        c_mirror = content_loss(net, mirrored, cat).item()
+    assert 0 < s_mirror < 0.5 * s_other and c_mirror > 0
+    assert style_loss(net, torch.cat([cat, coffee]), cat).shape == (2,)
