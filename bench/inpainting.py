@@ -33,7 +33,15 @@ import torch  # noqa: E402
 from bench.registration import print_table  # noqa: E402
 from rli2it_med.agent import Agent, ReplayBatch  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
-from rli2it_vision.editing import EditingTask, ImageEditor, ImagePairs, centre_hole, region_psnr, with_mirrors  # noqa: E402
+from rli2it_vision.editing import (  # noqa: E402
+    EditingTask,
+    ImageEditor,
+    ImagePairs,
+    centre_hole,
+    evaluate_editing,
+    region_psnr,
+    with_mirrors,
+)
 from rli2it_vision.inpainting import InpaintConfig, image_pairs, load_images, train_inpainting  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,22 +120,13 @@ def train_one_step(
         opt.step()
         iters += 1
         if iters % 100 == 0:
-            psnr = float(region_psnr(one_step_fill(agent.eval(), val, region), val, region).mean())
+            psnr = evaluate_editing(ImageEditor(agent.eval(), cfg.env, "cpu", steps=1), ImagePairs(val, val))["psnr"]
             agent.train()
             if psnr > best:
                 best, best_state = psnr, copy.deepcopy(agent.state_dict())
     if best_state is not None:
         agent.load_state_dict(best_state)
     return agent.eval(), iters
-
-
-@torch.no_grad()
-def one_step_fill(agent: Agent, masked: torch.Tensor, hole: tuple[slice, slice]) -> torch.Tensor:
-    """The one-step network's fill: one deterministic action from the image with an empty hole."""
-    masked = masked.clone()
-    masked[(..., *hole)] = 0.0
-    masked[(..., *hole)] = agent.act(masked, deterministic=True)[1][(..., *hole)]
-    return masked
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     train = image_pairs("lfw", "train", size)
     train = with_mirrors(train) if cfg.flip else train
     one, iters = train_one_step(cfg, train, load_images("lfw", "val", size), minutes, args.seed)
-    rows.append(score("one-step network (no RL)", lambda masked: one_step_fill(one, masked, hole), test, hole,
+    one_step = ImageEditor(one, cfg.env, "cpu", steps=1)  # one action from the empty hole
+    rows.append(score("one-step network (no RL)", lambda masked: one_step.edit(masked).image, test, hole,
                       params=params, train_min=round(minutes, 1), train_iters=iters))  # fmt: skip
     rows.append(
         score(f"rli2it ({rl.steps} steps)", lambda masked: rl.edit(masked).image, test, hole, params=params,

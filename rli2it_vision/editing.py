@@ -47,6 +47,7 @@ __all__ = [
     "agent_config",
     "border_weights",
     "centre_hole",
+    "edit_region",
     "evaluate_editing",
     "region_psnr",
     "train_editing",
@@ -61,6 +62,11 @@ def centre_hole(shape: tuple[int, int], size: int) -> tuple[slice, slice]:
         raise ValueError(f"hole size must lie in (0, {min(h, w)}) for images of {h}x{w}, got {size}")
     top, left = (h - size) // 2, (w - size) // 2
     return slice(top, top + size), slice(left, left + size)
+
+
+def edit_region(shape: tuple[int, int], hole: int) -> tuple[slice, slice]:
+    """What an episode edits: the centre hole of side ``hole``, or the whole image when ``hole`` is 0."""
+    return centre_hole(shape, hole) if hole else (slice(None), slice(None))
 
 
 def region_psnr(pred: torch.Tensor, target: torch.Tensor, region: tuple[slice, slice] | None = None) -> torch.Tensor:
@@ -231,8 +237,8 @@ class Discriminator(nn.Module):
 class EditLossConfig:
     """``L1(region, weighted) + adv_weight * hinge GAN + tv_weight * TV``; with a hole, pixels within ``border`` of its
     edge weigh ``border_weight`` at first, falling linearly to 1 over ``border_updates`` auxiliary steps. The
-    adversarial weight 0.001 is the context encoder's (Pathak et al., 2016); 0.01 cost 0.3-0.5 dB of hole PSNR on the
-    faces (5-minute runs, docs/benchmarks.md)."""
+    adversarial weight 0.001 is the context encoder's (Pathak et al., 2016); 0.01 cost 0.1-0.2 dB of hole PSNR after the
+    first step on the faces (5-minute runs, docs/benchmarks.md)."""
 
     border: int = 2
     border_weight: float = 5.0
@@ -272,7 +278,7 @@ class EditingTask:
         self.pairs, self.env_config, self.loss_config = pairs, env, loss
         self.device = torch.device(device)
         shape = tuple(pairs.target.shape[2:])
-        self.region = centre_hole(shape, env.hole) if env.hole else (slice(None), slice(None))
+        self.region = edit_region(shape, env.hole)
         d_in = pairs.target.shape[1] + (pairs.source.shape[1] if env.condition else 0)
         self.discriminator = Discriminator(d_in).to(self.device)
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=loss.lr_discriminator, betas=(0.5, 0.9))
@@ -330,11 +336,7 @@ class EditingTask:
         out = agent.planner(obs)
         content = agent.actor(out.distribution().rsample(), out.skips)[(..., *self.region)]
         terms = {"l1": self._l1(content, target[(..., *self.region)])}
-        if self.env_config.hole:
-            fake = self.current(index, torch.zeros_like(content)).clone()
-            fake[(..., *self.region)] = content
-        else:
-            fake = content
+        fake = self.current(index, content)
         if cfg.tv_weight:
             terms["tv"] = (fake.diff(dim=-1).abs().mean() + fake.diff(dim=-2).abs().mean()) / 2
         if cfg.adv_weight:
@@ -441,21 +443,22 @@ class ImageEditor:
 
 
 def evaluate_editing(model: ImageEditor, pairs: ImagePairs, steps: int | None = None) -> dict[str, Any]:
-    """PSNR and SSIM of the edited region (images in [-1, 1], data range 2), PSNR after each step, seconds per
-    image."""
+    """PSNR and SSIM of the edited region (images in [-1, 1], data range 2) after ``steps`` steps (default: the
+    model's), the same after each step t = 0..steps (``psnr_steps``, ``ssim_steps``), seconds per image."""
     from monai.metrics import SSIMMetric
 
     start = time.perf_counter()
     result = model.edit(pairs.source, steps, target=pairs.target)
     seconds = (time.perf_counter() - start) / len(pairs)
-    hole = model.env_config.hole
-    region = centre_hole(tuple(pairs.target.shape[2:]), hole) if hole else (slice(None), slice(None))
-    pred, truth = result.image[(..., *region)].cpu(), pairs.target[(..., *region)]
-    ssim = SSIMMetric(spatial_dims=2, data_range=2.0, win_size=7, reduction="none")(pred, truth)[:, 0]
+    region = edit_region(tuple(pairs.target.shape[2:]), model.env_config.hole)
+    truth = pairs.target[(..., *region)]
+    ssim = SSIMMetric(spatial_dims=2, data_range=2.0, win_size=7, reduction="none")
+    pred = result.image[(..., *region)].cpu()
     return {
         "psnr": float(region_psnr(pred, truth).mean()),
-        "ssim": float(ssim.mean()),
+        "ssim": float(ssim(pred, truth).mean()),
         "psnr_steps": [float(p.mean()) for p in result.psnr],
+        "ssim_steps": [float(ssim(f[(..., *region)].cpu(), truth).mean()) for f in result.frames],
         "seconds_per_image": seconds,
     }
 
@@ -525,10 +528,15 @@ def train_editing(
     model_config["training"] = cfg.to_dict()  # how it was trained (the benchmarks train their peers alike)
 
     def validate() -> dict[str, float]:
-        curve = evaluate_editing(ImageEditor(agent, cfg.env, device), val)["psnr_steps"]
-        steps = 1 + int(np.argmax(curve[1:]))
-        m = evaluate_editing(ImageEditor(agent, cfg.env, device, steps), val)
-        return {"psnr": m["psnr"], "ssim": m["ssim"], "steps": steps, "seconds_per_image": m["seconds_per_image"]}
+        m = evaluate_editing(ImageEditor(agent, cfg.env, device), val)  # all T steps, scored after each
+        steps = 1 + int(np.argmax(m["psnr_steps"][1:]))
+        seconds = m["seconds_per_image"] * steps / cfg.env.max_steps
+        return {
+            "psnr": m["psnr_steps"][steps],
+            "ssim": m["ssim_steps"][steps],
+            "steps": steps,
+            "seconds_per_image": seconds,
+        }
 
     return loop.run_training(
         cfg, agent, sac, env, buffer, editing.content, validate, model_config, "psnr", "psnr", logger, resume, progress
