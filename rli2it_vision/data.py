@@ -17,7 +17,10 @@ __all__ = [
     "load_image",
     "read_image",
     "save_image",
+    "folder_split",
+    "read_video",
     "to_unit_range",
+    "video_fps",
 ]
 
 FACE_SPLITS = {"train": slice(0, 70), "val": slice(70, 80), "test": slice(80, 100)}  # of lfw_subset's 100 faces
@@ -106,3 +109,60 @@ def image_folder(path: str | Path, size: int, channels: int = 3) -> torch.Tensor
     if not files:
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return torch.stack([load_image(f, size, channels) for f in files])
+
+
+def folder_split(images: torch.Tensor, split: str, name: str = "the folder") -> torch.Tensor:
+    """A fixed split of a folder's images (in name order): the last 10 % test, the 10 % before them validation,
+    the rest training (at least one image each)."""
+    n = len(images)
+    n_test = n_val = max(1, n // 10)
+    if n - n_test - n_val < 1:
+        raise ValueError(f"{name}: {n} images are too few for train / validation / test splits")
+    bounds = {"train": (0, n - n_test - n_val), "val": (n - n_test - n_val, n - n_test), "test": (n - n_test, n)}
+    if split not in bounds:
+        raise ValueError(f"split must be one of {sorted(bounds)}, got {split!r}")
+    return images[slice(*bounds[split])]
+
+
+def read_video(path: str | Path, max_frames: int | None = None, start: int = 0) -> np.ndarray:
+    """Frames of a video file decoded with OpenCV, as uint8 (N, H, W, 3) RGB; the error names the file when it
+    cannot be opened or holds no frame.
+
+    Args:
+        max_frames: at most this many frames (default: all).
+        start: the first frame read.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such video")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"{path}: OpenCV cannot open this video")
+        frames, index = [], 0
+        while max_frames is None or len(frames) < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index >= start:
+                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            index += 1
+    finally:
+        capture.release()
+    if not frames:
+        raise ValueError(f"{path}: no decodable frame (from frame {start})")
+    return np.stack(frames)
+
+
+def video_fps(path: str | Path) -> float:
+    """Frames per second that a video file declares (25 when it declares none)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
+    finally:
+        capture.release()
+    return float(fps) if fps and fps > 0 else 25.0

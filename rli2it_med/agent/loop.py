@@ -167,6 +167,7 @@ def run_training(
     logger: Logger,
     resume: bool = False,
     progress: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``agent`` until the budget or ``max_updates``; return the last validation summary and run statistics.
 
@@ -177,6 +178,7 @@ def run_training(
         model_config: what checkpoints record to rebuild the model.
         score: the validation summary's entry that ranks checkpoints (``best.pt``).
         info_score: the environment's ``info`` entry reported before and after each collection round.
+        extra: more entries for ``model.pt`` and ``best.pt`` (e.g. a style model's style image).
     """
     rank = ddp.rank()
     writer = rank == 0
@@ -223,11 +225,11 @@ def run_training(
         logger.record("train/lr_aux", sac.aux_optimizer.param_groups[0]["lr"])
         logger.record("buffer/megabytes", buffer.nbytes / 2**20)
         row = logger.dump(sac.n_updates)
-        extra = {"train_minutes": state["elapsed"] / 60, "updates": sac.n_updates, "val": summary}
-        save_checkpoint(out / "model.pt", model_config, agent.state_dict(), **extra)
+        entries = (extra or {}) | {"train_minutes": state["elapsed"] / 60, "updates": sac.n_updates, "val": summary}
+        save_checkpoint(out / "model.pt", model_config, agent.state_dict(), **entries)
         if summary[score] > state["best"]:
             state["best"] = summary[score]
-            save_checkpoint(out / "best.pt", model_config, agent.state_dict(), **extra)
+            save_checkpoint(out / "best.pt", model_config, agent.state_dict(), **entries)
         torch.save(
             {
                 "agent": agent.state_dict(),  # the weights of this very update: the file alone is a consistent resume

@@ -46,6 +46,13 @@ class AgentConfig:
         action_bound: the action is ``action_bound * tanh(.)`` (voxels, for a field).
         logvar_min: lower bound of the plan's log-variance.
         logvar_max: upper bound of the plan's log-variance.
+        norm: ``"none"`` or ``"instance"`` (affine InstanceNorm after each planner/actor conv; style transfer).
+        activation: ``"leaky_relu"`` (slope 0.2) or ``"relu"``.
+        padding_mode: ``"zeros"`` or ``"reflect"`` (every conv; style transfer).
+        first_kernel: kernel of the planner's first conv (odd; 9 in style transfer).
+        residual_blocks: residual blocks (conv-norm-act-conv-norm + input) after the planner's deepest level.
+        any_size: a map plan follows the state's size (a fully convolutional planner and actor, applied at any
+            resolution); ``plan_dim`` is then the plan size at the training resolution, which the critic needs.
     """
 
     spatial_dims: int = 2
@@ -62,6 +69,12 @@ class AgentConfig:
     action_bound: float = 2.0
     logvar_min: float = -10.0
     logvar_max: float = 2.0
+    norm: str = "none"
+    activation: str = "leaky_relu"
+    padding_mode: str = "zeros"
+    first_kernel: int = 3
+    residual_blocks: int = 0
+    any_size: bool = False
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -76,6 +89,15 @@ class AgentConfig:
             raise ValueError(f"down_kernel must be 3 or 4, got {self.down_kernel}")
         if self.plan_channels < 0:
             raise ValueError(f"plan_channels must be >= 0, got {self.plan_channels}")
+        for name, valid in (("norm", NORMS), ("activation", ACTIVATIONS), ("padding_mode", PADDINGS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
+        if self.first_kernel < 1 or self.first_kernel % 2 == 0:
+            raise ValueError(f"first_kernel must be odd, got {self.first_kernel}")
+        if self.residual_blocks < 0:
+            raise ValueError(f"residual_blocks must be >= 0, got {self.residual_blocks}")
+        if self.any_size and not self.plan_channels:
+            raise ValueError("any_size needs a map plan (plan_channels > 0)")
         if not 0 <= self.action_level < len(self.channels):
             raise ValueError(f"action_level must lie in [0, {len(self.channels) - 1}], got {self.action_level}")
 
@@ -94,22 +116,47 @@ class PlannerOutput(NamedTuple):
 
 
 DOWNSAMPLING = ("stride", "maxpool")
+NORMS = ("none", "instance")
+ACTIVATIONS = ("leaky_relu", "relu")
+PADDINGS = ("zeros", "reflect")
 
 
-def _conv(spatial_dims: int, cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-    return nn.Sequential(conv(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.2, inplace=True))
+def _activation(config: AgentConfig) -> nn.Module:
+    return nn.ReLU(inplace=True) if config.activation == "relu" else nn.LeakyReLU(0.2, inplace=True)
 
 
-def _down(config: AgentConfig, cin: int, cout: int) -> nn.Sequential:
-    """A level that halves the resolution: stride-2 conv, or max-pool then conv."""
+def _conv(
+    config: AgentConfig, cin: int, cout: int, stride: int = 1, kernel: int = 3, norm: bool = True, act: bool = True
+) -> nn.Sequential:
+    """conv (``config.padding_mode``) [+ InstanceNorm when ``config.norm`` and ``norm``] [+ activation]."""
     nd = config.spatial_dims
+    conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
+    layers = [conv(cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2, padding_mode=config.padding_mode)]
+    if norm and config.norm == "instance":
+        layers.append((nn.InstanceNorm2d, nn.InstanceNorm3d)[nd - 2](cout, affine=True))
+    if act:
+        layers.append(_activation(config))
+    return nn.Sequential(*layers)
+
+
+def _down(config: AgentConfig, cin: int, cout: int, norm: bool = True) -> nn.Sequential:
+    """A level that halves the resolution: stride-2 conv, or max-pool then conv."""
     if config.downsample == "stride" and config.down_kernel == 4:
-        conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
-        return nn.Sequential(conv(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True))
+        return _conv(config, cin, cout, stride=2, kernel=4, norm=norm)
     if config.downsample == "stride":
-        return _conv(nd, cin, cout, stride=2)
-    return nn.Sequential((nn.MaxPool2d, nn.MaxPool3d)[nd - 2](2), *_conv(nd, cin, cout))
+        return _conv(config, cin, cout, stride=2, norm=norm)
+    return nn.Sequential((nn.MaxPool2d, nn.MaxPool3d)[config.spatial_dims - 2](2), *_conv(config, cin, cout, norm=norm))
+
+
+class ResidualBlock(nn.Module):
+    """conv-norm-act-conv-norm plus the input (Johnson et al., 2016), with the config's norm and padding."""
+
+    def __init__(self, config: AgentConfig, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv(config, channels, channels), *_conv(config, channels, channels, act=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
 def _check_state(x: torch.Tensor, config: AgentConfig) -> None:
@@ -128,10 +175,14 @@ class Planner(nn.Module):
         self.config = config
         nd, ch = config.spatial_dims, config.channels
         self.levels = nn.ModuleList(
-            [_conv(nd, config.in_channels, ch[0])] + [_down(config, ch[i - 1], ch[i]) for i in range(1, len(ch))]
+            [_conv(config, config.in_channels, ch[0], kernel=config.first_kernel)]
+            + [_down(config, ch[i - 1], ch[i]) for i in range(1, len(ch))]
         )
+        self.residual = nn.Sequential(*(ResidualBlock(config, ch[-1]) for _ in range(config.residual_blocks)))
         if config.plan_channels:
-            self.head = (nn.Conv2d, nn.Conv3d)[nd - 2](ch[-1], 2 * config.plan_channels, 3, padding=1)
+            self.head = (nn.Conv2d, nn.Conv3d)[nd - 2](
+                ch[-1], 2 * config.plan_channels, 3, padding=1, padding_mode=config.padding_mode
+            )
         else:
             self.head = nn.Linear(ch[-1], 2 * config.plan_dim)
 
@@ -141,9 +192,10 @@ class Planner(nn.Module):
         for level in self.levels:
             x = level(x)
             skips.append(x)
+        x = skips[-1] = self.residual(x)
         if self.config.plan_channels:
             mean, raw = (m.flatten(1) for m in self.head(x).chunk(2, dim=1))
-            if mean.shape[1] != self.config.plan_dim:
+            if mean.shape[1] != self.config.plan_dim and not self.config.any_size:
                 raise ValueError(
                     f"a {self.config.plan_channels}-channel plan map on the deepest grid {tuple(x.shape[2:])} has "
                     f"{mean.shape[1]} values but plan_dim is {self.config.plan_dim}; set plan_dim to match the "
@@ -165,21 +217,24 @@ class Actor(nn.Module):
         nd, ch = config.spatial_dims, config.channels
         if config.plan_channels:
             self.plan_in = None
-            self.bottom = _conv(nd, ch[-1] + config.plan_channels, ch[-1])
+            self.bottom = _conv(config, ch[-1] + config.plan_channels, ch[-1])
         else:
             self.plan_in = nn.Linear(config.plan_dim, ch[-1])
-            self.bottom = _conv(nd, 2 * ch[-1], ch[-1])
+            self.bottom = _conv(config, 2 * ch[-1], ch[-1])
         top = config.action_level
-        self.ups = nn.ModuleList(_conv(nd, ch[i + 1] + ch[i], ch[i]) for i in reversed(range(top, len(ch) - 1)))
+        self.ups = nn.ModuleList(_conv(config, ch[i + 1] + ch[i], ch[i]) for i in reversed(range(top, len(ch) - 1)))
         conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
-        self.out = conv(ch[top], config.action_channels, 3, padding=1)
+        self.out = conv(ch[top], config.action_channels, 3, padding=1, padding_mode=config.padding_mode)
         nn.init.normal_(self.out.weight, std=1e-5)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, plan: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        if plan.ndim != 2 or plan.shape[1] != self.config.plan_dim:
-            raise ValueError(f"expected a plan of shape (B, {self.config.plan_dim}), got {tuple(plan.shape)}")
         deepest = skips[-1]
+        size = self.config.plan_dim
+        if self.config.any_size:
+            size = self.config.plan_channels * deepest[0, 0].numel()
+        if plan.ndim != 2 or plan.shape[1] != size:
+            raise ValueError(f"expected a plan of shape (B, {size}), got {tuple(plan.shape)}")
         if self.plan_in is None:
             p = plan.view(plan.shape[0], self.config.plan_channels, *deepest.shape[2:])
         else:
@@ -203,8 +258,8 @@ class QNetwork(nn.Module):
         ch = config.critic_channels
         self.config = config
         self.encoder = nn.Sequential(
-            *[_down(config, config.in_channels if i == 0 else ch[i - 1], ch[i]) for i in range(len(ch))]
-        )
+            *[_down(config, config.in_channels if i == 0 else ch[i - 1], ch[i], norm=False) for i in range(len(ch))]
+        )  # no normalisation: the deepest levels of a 7-conv critic are 1x1
         self.head = nn.Sequential(
             nn.Linear(ch[-1] + config.plan_dim, config.critic_hidden),
             nn.LeakyReLU(0.2, inplace=True),
@@ -215,6 +270,11 @@ class QNetwork(nn.Module):
 
     def forward(self, state: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
         _check_state(state, self.config)
+        if plan.ndim != 2 or plan.shape[1] != self.config.plan_dim:
+            raise ValueError(
+                f"the critic takes plans of shape (B, {self.config.plan_dim}) (the training resolution's), "
+                f"got {tuple(plan.shape)}"
+            )
         features = self.encoder(state).flatten(2).mean(-1)
         return self.head(torch.cat([features, plan], dim=1)).squeeze(1)
 

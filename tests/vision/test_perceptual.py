@@ -5,13 +5,18 @@ from skimage import data
 from skimage.transform import resize
 
 from rli2it_vision.perceptual import (
+    LOSS_LAYERS,
+    VGG,
     MobileNetV2,
+    StyleLoss,
     content_loss,
     gram_matrix,
     imagenet_input,
+    load_loss_network,
     load_mobilenet_v2,
     perceptual_distance,
     style_loss,
+    total_variation,
 )
 
 
@@ -70,3 +75,51 @@ def test_style_and_content_losses(net):
         c_mirror = content_loss(net, mirrored, cat).item()
     assert 0 < s_mirror < 0.5 * s_other and c_mirror > 0
     assert style_loss(net, torch.cat([cat, coffee]), cat).shape == (2,)
+
+
+def test_style_loss_module_matches_the_functions(net):
+    cat, coffee = _photo("chelsea"), _photo("coffee")
+    loss = StyleLoss(net, cat, style_weight=10.0, tv_weight=0.5)
+    assert (loss.content_layer, loss.style_layers) == LOSS_LAYERS["mobilenet_v2"]
+    with torch.no_grad():
+        terms = loss(torch.cat([cat, coffee]), torch.cat([cat, cat]))
+        torch.testing.assert_close(terms["style"], style_loss(net, torch.cat([cat, coffee]), cat), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(terms["content"][1:], content_loss(net, coffee, cat, layer=6))
+        torch.testing.assert_close(loss.style(coffee), terms["style"][1:])
+    assert terms["content"][0] == 0 and terms["style"][0] < 1e-8
+    torch.testing.assert_close(terms["loss"], terms["content"] + 10 * terms["style"] + 0.5 * terms["tv"])
+    with pytest.raises(ValueError, match=r"\(1, 3, H, W\)"):
+        StyleLoss(net, torch.cat([cat, coffee]))
+
+
+def test_total_variation_by_hand():
+    x = torch.zeros(1, 1, 2, 3)
+    x[..., :, 2] = 1.0  # one step of 1 between columns 1 and 2, on both rows; no vertical change
+    torch.testing.assert_close(total_variation(x), torch.tensor([(2 / 4 + 0) / 2]))
+
+
+@pytest.mark.parametrize("arch, convs", [("vgg16", 13), ("vgg19", 16)])
+def test_a_users_vgg_state_dict_loads_for_the_classic_losses(tmp_path, arch, convs):
+    vgg = VGG(arch)
+    state = vgg.state_dict() | {"classifier.0.weight": torch.zeros(2, 2)}  # torchvision's full model: head ignored
+    torch.save(state, tmp_path / f"{arch}.pth")
+    net = load_loss_network(tmp_path / f"{arch}.pth")
+    assert net.name == arch and isinstance(net, VGG)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.features) == convs
+    torch.testing.assert_close(net.features[0].weight, vgg.features[0].weight)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    loss = StyleLoss(net, x)
+    assert (loss.content_layer, loss.style_layers) == LOSS_LAYERS[arch]
+    with torch.no_grad():
+        assert loss(x, x)["style"].item() < 1e-10
+    assert [m.shape[1] for m in net.feature_maps(imagenet_input(x), loss.style_layers)] == [64, 128, 256, 512]
+
+
+def test_loss_network_errors_name_the_file(tmp_path):
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="odd.pth.*features"):
+        load_loss_network(tmp_path / "odd.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth"):
+        load_loss_network(tmp_path / "junk.pth")
+    assert load_loss_network().name == "mobilenet_v2"
