@@ -459,18 +459,18 @@ def _style_model(args: argparse.Namespace, video: bool) -> Path:
     else:
         raise FileNotFoundError(f"{spec}: no such style image or model")
     run = Path(args.cache).expanduser() / digest
-    if not (run / "best.pt").is_file():
+    cfg = StyleTrainConfig(out=str(run), style=spec, minutes=args.train_minutes, device=args.device)
+    if not (run / "image.done").is_file():  # an interrupted training resumes
         print(f"no model for the style {spec} yet: training one for {args.train_minutes} min in {run}", file=sys.stderr)
-        cfg = StyleTrainConfig(out=str(run), style=spec, minutes=args.train_minutes, device=args.device)
-        train_style(cfg, progress=not args.quiet)
+        train_style(cfg, resume=True, progress=not args.quiet)
+        (run / "image.done").touch()
     if not video:
         return run / "best.pt"
-    if not (run / "video" / "model.pt").is_file():
-        cfg = StyleTrainConfig(out=str(run), style=spec, device=args.device)
-        print(
-            f"training the video memory (GRUs) of {run / 'best.pt'} for {args.train_minutes / 2} min", file=sys.stderr
-        )
-        _train_video_model(run, args.train_minutes / 2, cfg, not args.quiet)
+    if not (run / "video.done").is_file():
+        minutes = args.train_minutes / 2
+        print(f"training the video memory (GRUs) for {minutes} min in {run / 'video'}", file=sys.stderr)
+        _train_video_model(run, minutes, cfg, not args.quiet)
+        (run / "video.done").touch()
     return run / "video" / "model.pt"
 
 
@@ -479,7 +479,7 @@ def _stylize(args: argparse.Namespace) -> int:
     from rli2it_vision.style import load_stylizer, resize_to_multiple
 
     model, _ = load_stylizer(_style_model(args, video=False), args.device)
-    several = len(args.content) > 1
+    several = len(args.content) > 1 or Path(args.out).is_dir()
     if several:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     failed = 0

@@ -198,3 +198,19 @@ def test_short_training_stylises_more_with_more_steps(tmp_path, loss):
     # the degree control: style loss falls and content loss rises with every step
     assert m["style_steps"][3] < m["style_steps"][1] < m["style_steps"][0], m
     assert 0 == m["content_steps"][0] < m["content_steps"][1] < m["content_steps"][3], m
+
+
+@pytest.mark.slow
+def test_stylize_with_a_style_image_trains_a_model_once_and_caches_it(tmp_path, capsys):
+    from skimage.io import imsave
+
+    imsave(tmp_path / "a.png", (np.random.default_rng(0).random((24, 24, 3)) * 255).astype(np.uint8))
+    args = ["stylize", "--content", str(tmp_path / "a.png"), "--style", "skimage:retina", "--out"]
+    common = ["--train-minutes", "0.05", "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert cli([*args, str(tmp_path / "o1.png"), *common]) == 0
+    assert "training one" in capsys.readouterr().err
+    assert cli([*args, str(tmp_path / "o2.png"), *common]) == 0
+    assert "training" not in capsys.readouterr().err  # the cached model
+    (run,) = (tmp_path / "cache").iterdir()
+    assert (run / "best.pt").is_file() and (run / "image.done").is_file()
+    assert (tmp_path / "o1.png").read_bytes() == (tmp_path / "o2.png").read_bytes()
