@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ __all__ = [
     "read_image",
     "save_image",
     "folder_split",
+    "iter_video",
     "read_video",
+    "video_frame_count",
     "to_unit_range",
     "video_fps",
 ]
@@ -124,9 +127,9 @@ def folder_split(images: torch.Tensor, split: str, name: str = "the folder") -> 
     return images[slice(*bounds[split])]
 
 
-def read_video(path: str | Path, max_frames: int | None = None, start: int = 0) -> np.ndarray:
-    """Frames of a video file decoded with OpenCV, as uint8 (N, H, W, 3) RGB; the error names the file when it
-    cannot be opened or holds no frame.
+def iter_video(path: str | Path, max_frames: int | None = None, start: int = 0) -> Iterator[np.ndarray]:
+    """The frames of a video file decoded one at a time with OpenCV, as uint8 (H, W, 3) RGB (a long video never sits
+    in memory whole); the error names the file when it cannot be opened or holds no frame.
 
     Args:
         max_frames: at most this many frames (default: all).
@@ -141,19 +144,36 @@ def read_video(path: str | Path, max_frames: int | None = None, start: int = 0) 
     try:
         if not capture.isOpened():
             raise ValueError(f"{path}: OpenCV cannot open this video")
-        frames, index = [], 0
-        while max_frames is None or len(frames) < max_frames:
+        index = count = 0
+        while max_frames is None or count < max_frames:
             ok, frame = capture.read()
             if not ok:
                 break
             if index >= start:
-                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+                count += 1
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             index += 1
     finally:
         capture.release()
-    if not frames:
+    if not count:
         raise ValueError(f"{path}: no decodable frame (from frame {start})")
-    return np.stack(frames)
+
+
+def read_video(path: str | Path, max_frames: int | None = None, start: int = 0) -> np.ndarray:
+    """All frames of :func:`iter_video` as one uint8 (N, H, W, 3) array."""
+    return np.stack(list(iter_video(path, max_frames, start)))
+
+
+def video_frame_count(path: str | Path) -> int | None:
+    """The number of frames a video file declares (None when it declares none)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        n = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    return n if n > 0 else None
 
 
 def video_fps(path: str | Path) -> float:

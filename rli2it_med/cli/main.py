@@ -498,7 +498,7 @@ def _stylize(args: argparse.Namespace) -> int:
 def _stylize_video(args: argparse.Namespace) -> int:
     from rli2it_med.agent import load_checkpoint
     from rli2it_med.api import resolve_device
-    from rli2it_vision.data import read_video, video_fps
+    from rli2it_vision.data import iter_video, video_fps, video_frame_count
     from rli2it_vision.style import load_stylizer
     from rli2it_vision.video import VideoStylizer, frame_tensor, stylize_frames, write_video
 
@@ -511,9 +511,10 @@ def _stylize_video(args: argparse.Namespace) -> int:
         model, _ = load_stylizer(path, args.device)
         kind = "an image model: each frame on its own, no temporal memory"
     steps = args.steps or config["env"]["max_steps"]
-    frames = read_video(args.video, args.frames)
-    tensors = (frame_tensor(f, args.max_side) for f in frames)
-    n = write_video(args.out, stylize_frames(model, tensors, steps, not args.quiet, len(frames)), video_fps(args.video))
+    total = video_frame_count(args.video)
+    total = min(total, args.frames) if total and args.frames else total or args.frames
+    tensors = (frame_tensor(f, args.max_side) for f in iter_video(args.video, args.frames))
+    n = write_video(args.out, stylize_frames(model, tensors, steps, not args.quiet, total), video_fps(args.video))
     print(f"wrote {args.out} ({n} frames, {steps} steps, {kind})")
     return 0
 

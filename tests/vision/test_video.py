@@ -158,3 +158,17 @@ def test_stylize_video_cli_with_video_and_image_models(tmp_path):
     assert VideoStylizer.load(tmp_path / "video.pt").step_gru.hidden == 8
     with pytest.raises(ValueError, match="not style-video"):
         VideoStylizer.load(tmp_path / "image.pt")
+
+
+def test_iter_video_streams_frames_and_counts(tmp_path):
+    from rli2it_vision.data import iter_video, video_frame_count
+
+    write_video(tmp_path / "c.mp4", _clip(6).split(1), 10.0)
+    frames = iter_video(tmp_path / "c.mp4", max_frames=4, start=1)
+    first = next(frames)  # one frame decoded at a time
+    assert first.shape == (32, 48, 3) and len(list(frames)) == 3
+    assert video_frame_count(tmp_path / "c.mp4") == 6
+    with pytest.raises(ValueError, match="no decodable frame"):
+        list(iter_video(tmp_path / "c.mp4", start=10))
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        next(iter_video(tmp_path / "nope.mp4"))
