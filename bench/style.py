@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--video-minutes", type=float, default=5.0, help="training time of the video GRUs")
     parser.add_argument("--model", help="a trained rli2it style model (skip its training)")
     parser.add_argument("--video-model", help="a trained rli2it video model (skip its training)")
+    parser.add_argument("--temporal-weight", type=float, default=100.0, help="zeta of the video GRUs' training")
     parser.add_argument("--frames", type=int, default=30, help="frames of the bikes clip scored")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_style"))
     parser.add_argument("--seed", type=int, default=0)
@@ -233,7 +234,7 @@ def main() -> None:
         video_path = Path(args.video_model)
     else:
         vcfg = VideoTrainConfig(image_model=str(model_path), out=str(Path(args.out) / "video"), seed=args.seed)
-        vcfg.minutes, vcfg.device = args.video_minutes, "cpu"
+        vcfg.minutes, vcfg.device, vcfg.temporal_weight = args.video_minutes, "cpu", args.temporal_weight
         results["video_training"] = train_video(vcfg, progress=False)
         video_path = Path(vcfg.out) / "model.pt"
     video = VideoStylizer.load(video_path)
