@@ -116,10 +116,11 @@ def read_image(source: Any, name: str = "image") -> Any:
                 img = sitk.ReadImage(files)
             else:
                 img = _read_file(path)
-        except (RuntimeError, ValueError, OSError, EOFError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever a reader raises on a corrupt file: one clean error naming it
             if "NaN" in str(e):
                 raise ValueError(f"{path}: {e}") from e
-            raise ValueError(f"{path}: not a readable image ({str(e).strip().splitlines()[-1]})") from e
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise ValueError(f"{path}: not a readable image ({reason})") from e
     elif isinstance(source, sitk.Image):
         if source.HasMetaDataKey(CHECKED_KEY):  # read and checked here before: no second pass over the voxels
             return source
