@@ -75,6 +75,8 @@ class MobileNetV2(nn.Module):
         num_classes: outputs of the classifier.
     """
 
+    name = "mobilenet_v2"  # keys LOSS_LAYERS
+
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv_bn_relu(3, 32, 3, 2)]
@@ -127,7 +129,7 @@ class VGG(nn.Module):
         super().__init__()
         if arch not in _VGG_CFG:
             raise ValueError(f"arch must be one of {sorted(_VGG_CFG)}, got {arch!r}")
-        self.arch = arch
+        self.name = arch  # keys LOSS_LAYERS
         layers: list[nn.Module] = []
         cin = 3
         for c in _VGG_CFG[arch]:
@@ -173,9 +175,7 @@ def load_loss_network(path: str | Path | None = None, device: str | torch.device
     MobileNetV2, VGG16 or VGG19 state dict (torchvision's layout; a VGG's classifier is ignored). The network's
     ``name`` keys :data:`LOSS_LAYERS`."""
     if path is None:
-        net = load_mobilenet_v2(None, device)
-        net.name = "mobilenet_v2"
-        return net
+        return load_mobilenet_v2(None, device)
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -189,13 +189,9 @@ def load_loss_network(path: str | Path | None = None, device: str | torch.device
         try:
             net.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")})
         except RuntimeError as e:
-            raise ValueError(f"{path}: a VGG state dict that does not fit torchvision's {net.arch} ({e})") from e
-        net.name = net.arch
-        net = net.to(device).eval().requires_grad_(False)
-        return net
-    net = load_mobilenet_v2(path, device)
-    net.name = "mobilenet_v2"
-    return net
+            raise ValueError(f"{path}: a VGG state dict that does not fit torchvision's {net.name} ({e})") from e
+        return net.to(device).eval().requires_grad_(False)
+    return load_mobilenet_v2(path, device)
 
 
 def imagenet_input(images: torch.Tensor) -> torch.Tensor:
@@ -278,7 +274,7 @@ class StyleLoss(nn.Module):
         if style.ndim != 4 or style.shape[:2] != (1, 3):
             raise ValueError(f"expected one (1, 3, H, W) style image in [-1, 1], got {tuple(style.shape)}")
         self.net = net
-        self.content_layer, self.style_layers = layers or LOSS_LAYERS[getattr(net, "name", "mobilenet_v2")]
+        self.content_layer, self.style_layers = layers or LOSS_LAYERS[net.name]
         self.style_layers = tuple(self.style_layers)
         self.style_weight, self.tv_weight = style_weight, tv_weight
         with torch.no_grad():

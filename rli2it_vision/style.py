@@ -51,6 +51,7 @@ __all__ = [
     "load_style",
     "load_stylizer",
     "resize_to_multiple",
+    "style_bytes",
     "style_loss_of",
     "train_style",
 ]
@@ -81,18 +82,19 @@ def agent_config(size: int = 128, **overrides: Any) -> AgentConfig:
 def load_style(spec: str, size: int | None) -> torch.Tensor:
     """The style image ``spec`` (a file, or ``skimage:<name>`` for a scikit-image picture such as
     ``skimage:immunohistochemistry``) as (1, 3, size, size) in [-1, 1] (centre square; ``size`` None keeps it)."""
-    if spec.startswith("skimage:"):
-        from skimage import data
-
-        name = spec.split(":", 1)[1]
-        picture = getattr(data, name, None)
-        if name not in data.__all__ or picture is None:
-            raise ValueError(f"{spec}: scikit-image has no picture {name!r} (see skimage.data)")
-        image = np.asarray(picture(), dtype=np.float64)
-        image = image / 255.0 if image.max() > 1 else image
-    else:
-        image = read_image(spec)
+    image = _skimage_picture(spec.split(":", 1)[1]) if spec.startswith("skimage:") else read_image(spec)
     return image_tensor(image, size, 3)[None]
+
+
+def _skimage_picture(name: str) -> np.ndarray:
+    """A scikit-image picture (``skimage.data.<name>``) as float64 in [0, 1]."""
+    from skimage import data
+
+    picture = getattr(data, name, None)
+    if name not in data.__all__ or picture is None:
+        raise ValueError(f"skimage:{name}: scikit-image has no picture {name!r} (see skimage.data)")
+    image = np.asarray(picture(), dtype=np.float64)
+    return image / 255.0 if image.max() > 1 else image
 
 
 @dataclass
@@ -205,20 +207,19 @@ def content_images(data: str, split: str, size: int, seed: int = 0) -> torch.Ten
     if data != "offline":
         return folder_split(image_folder(data, size), split, data)
     if split == "test":
-        from skimage import data as skdata
-
-        photos = [image_tensor(getattr(skdata, n)() / 255.0, size) for n in TEST_PHOTOS]
+        photos = [image_tensor(_skimage_picture(n), size) for n in TEST_PHOTOS]
         frames = read_video(_video_clip("bikes"), 226)[::25]
         return torch.stack(photos + [image_tensor(f / 255.0, size) for f in frames])
-    frames = read_video(_video_clip("bigbuckbunny"))
-    h, w = frames.shape[1:3]
-    if split == "val":
-        return torch.stack([image_tensor(frames[i] / 255.0, size) for i in (116, 120, 124, 128)])
+    if split == "val":  # frames 116, 120, 124, 128
+        frames = read_video(_video_clip("bigbuckbunny"), 13, start=116)[::4]
+        return torch.stack([image_tensor(f / 255.0, size) for f in frames])
     if split != "train":
         raise ValueError(f"split must be one of ['test', 'train', 'val'], got {split!r}")
+    frames = read_video(_video_clip("bigbuckbunny"), 112)  # only the frames training uses
+    h, w = frames.shape[1:3]
     rng = np.random.default_rng(seed)
     crops = []
-    for frame in frames[:112]:
+    for frame in frames:
         for _ in range(2):
             side = int(rng.integers(360, h + 1))
             top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
@@ -249,6 +250,12 @@ def load_stylizer(path: str | Path, device: str | torch.device | None = "auto") 
     if style is None:
         raise ValueError(f"{path}: a style model without its style image")
     return model, style.float()[None] / 127.5 - 1
+
+
+def style_bytes(style: torch.Tensor) -> torch.Tensor:
+    """A (1, 3, H, W) style image in [-1, 1] as the (3, H, W) uint8 tensor checkpoints carry (:func:`load_stylizer`
+    reads it back)."""
+    return ((style[0].detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 @dataclass
@@ -305,7 +312,6 @@ def train_style(cfg: StyleTrainConfig, resume: bool = False, progress: bool = Tr
     save_json(out / "config.json", cfg.to_dict())
     model_config = {"agent": cfg.agent.to_dict(), "env": asdict(cfg.env), "size": cfg.size, "task": "style"}
     model_config["training"] = cfg.to_dict()
-    style_image = ((style[0] + 1) * 127.5).round().to(torch.uint8)
 
     def validate() -> dict[str, float]:
         m = evaluate_style(ImageEditor(agent, cfg.env, device), val, loss, cfg.env.max_steps)
@@ -320,7 +326,7 @@ def train_style(cfg: StyleTrainConfig, resume: bool = False, progress: bool = Tr
 
     return loop.run_training(
         cfg, agent, sac, env, buffer, task.components, validate, model_config, "score", "style_loss", logger,
-        resume, progress, extra={"style_image": style_image},
+        resume, progress, extra={"style_image": style_bytes(style)},
     )  # fmt: skip
 
 

@@ -35,7 +35,14 @@ from rli2it_med.api import resolve_device
 from rli2it_med.io import save_json
 from rli2it_med.registration.warp import warp
 from rli2it_vision.editing import EditConfig
-from rli2it_vision.style import StyleLossConfig, content_images, load_stylizer, resize_to_multiple, style_loss_of
+from rli2it_vision.style import (
+    StyleLossConfig,
+    content_images,
+    load_stylizer,
+    resize_to_multiple,
+    style_bytes,
+    style_loss_of,
+)
 
 __all__ = [
     "ConvGRUCell",
@@ -169,6 +176,12 @@ def _inside(ddf: torch.Tensor) -> torch.Tensor:
     return ((ys >= 0) & (ys <= h - 1) & (xs >= 0) & (xs <= w - 1)).unsqueeze(1).float()
 
 
+def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over channels of the squared difference of (B, C, H, W) images, averaged over the pixels where the
+    (B, 1, H, W) ``mask`` is 1."""
+    return ((a - b).pow(2).mean(1, keepdim=True) * mask).sum() / mask.sum().clamp_min(1)
+
+
 def optical_flow(previous: np.ndarray, current: np.ndarray) -> torch.Tensor:
     """Farneback optical flow (OpenCV) between two RGB frames (H, W, 3) in [0, 1], as the displacement (1, 2, H, W)
     ([dy, dx], pixels) with ``current(x) ~ previous(x + flow(x))``."""
@@ -199,8 +212,7 @@ def temporal_loss(stylised: torch.Tensor, frames: torch.Tensor, threshold: float
         flow = optical_flow(src[t - 1].permute(1, 2, 0).numpy(), src[t].permute(1, 2, 0).numpy())
         warped_src = warp(src[t - 1 : t], flow)
         mask = ((warped_src - src[t : t + 1]).abs().mean(1, keepdim=True) < threshold).float() * _inside(flow)
-        diff = (warp(out[t - 1 : t], flow) - out[t : t + 1]).pow(2).mean(1, keepdim=True)
-        losses.append(float((diff * mask).sum() / mask.sum().clamp_min(1)))
+        losses.append(float(_masked_mse(warp(out[t - 1 : t], flow), out[t : t + 1], mask)))
     return float(np.mean(losses))
 
 
@@ -333,10 +345,7 @@ def train_video(cfg: VideoTrainConfig, progress: bool = True) -> dict[str, Any]:
             inputs = [x, *outputs[:-1]]
             learning = learning + sum(loss(o, i)["loss"].mean() for o, i in zip(outputs, inputs)) / steps
             if previous is not None:
-                mask = _inside(motion)
-                temporal = temporal + ((outputs[-1] - warp(previous, motion)).pow(2) * mask).sum() / (
-                    3 * mask.sum().clamp_min(1)
-                )
+                temporal = temporal + _masked_mse(outputs[-1], warp(previous, motion), _inside(motion))
             previous = outputs[-1]
         total = (learning + cfg.temporal_weight * temporal) / cfg.frames
         optimizer.zero_grad(set_to_none=True)
@@ -366,6 +375,5 @@ def train_video(cfg: VideoTrainConfig, progress: bool = True) -> dict[str, Any]:
         "image_model": str(cfg.image_model),
         "training": cfg.to_dict(),
     }
-    style_image = ((style[0] + 1) * 127.5).round().to(torch.uint8)
-    save_checkpoint(out / "model.pt", config, model.state_dict(), style_image=style_image, val=stats)
+    save_checkpoint(out / "model.pt", config, model.state_dict(), style_image=style_bytes(style), val=stats)
     return stats
