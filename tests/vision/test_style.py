@@ -197,9 +197,9 @@ def test_short_training_learns_to_stylise(tmp_path, loss):
     test = content_images(str(folder), "test", 32)
     m = evaluate_style(model, test, loss, 3)
     # 64 updates make the nets stylise: every step keeps the style loss far below the content images' (halved or
-    # better) and the first step beats the untrained nets' learning loss by far. Whether step 3 is below step 2 after
-    # so short a training depends on the seed and the thread count (seeds 0-2 at 1 and 2 threads: ratios 0.03-0.04 of
-    # the untrained learning loss, later steps not always lower); the degree control is measured by bench/style.py.
+    # better) and the first step beats the untrained nets' learning loss by far. Whether each step is below the one
+    # before after so short a training depends on the seed and the thread count; the degree control is measured by
+    # bench/style.py.
     assert all(s < 0.5 * m["style_steps"][0] for s in m["style_steps"][1:]), m
     assert m["content_steps"][0] == 0 < m["content_steps"][1], m
     untrained = evaluate_style(ImageEditor(Agent(cfg.agent), EditConfig(max_steps=3), "cpu"), test, loss, 1)
