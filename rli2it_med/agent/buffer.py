@@ -78,6 +78,15 @@ class EpisodeReplayBuffer:
                 self._episodes[self._next] = episode
             self._next = (self._next + 1) % self.capacity
 
+    def state_dict(self) -> dict:
+        """The stored episodes and the ring position (for an exact resume)."""
+        return {"capacity": self.capacity, "episodes": self._episodes, "next": self._next}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            raise ValueError(f"a replay buffer of capacity {state['capacity']} does not fit one of {self.capacity}")
+        self._episodes, self._next = list(state["episodes"]), int(state["next"])
+
     def _store(self, value: torch.Tensor) -> torch.Tensor:
         value = value.detach().cpu()
         return value.to(self.storage_dtype).clone() if value.is_floating_point() else value.clone()

@@ -10,6 +10,7 @@ auxiliary loss), and DDP's reducer requires every wrapped parameter to receive a
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ __all__ = [
     "broadcast_module",
     "average_gradients",
     "broadcast_values",
+    "gather_to_first",
     "barrier",
 ]
 
@@ -40,12 +42,16 @@ def world_size() -> int:
 
 
 def local_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` -> this process's GPU (``LOCAL_RANK``) when CUDA is present, else CPU."""
+    """``auto`` -> this process's GPU (``LOCAL_RANK``) when CUDA is present, else CPU. A CUDA device becomes the
+    current one (collectives such as :func:`gather_to_first` communicate through it)."""
     if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(device)
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def broadcast_module(module: nn.Module, src: int = 0) -> None:
@@ -84,6 +90,15 @@ def broadcast_values(values: list[float], src: int = 0) -> list[float]:
         t = t.cuda()
     dist.broadcast(t, src)
     return t.cpu().tolist()
+
+
+def gather_to_first(obj: Any) -> list[Any] | None:
+    """Every process's ``obj`` (picklable), as a list by rank on process 0; None on the others."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def barrier() -> None:

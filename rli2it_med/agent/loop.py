@@ -1,11 +1,14 @@
-"""The training loop every task shares: rounds of episode collection and SAC updates under a wall-clock budget.
+"""The training loop every task shares: rounds of episode collection and SAC updates under a budget.
 
 Each round collects a batch of episodes with the stochastic policy (random plans during bootstrap) into the compact
 episode buffer, then runs SAC + auxiliary updates with learning rates on a cosine from 1 to ``lr_floor`` over the
-budget. Every ``eval_every`` updates the task validates: ``model.pt`` is the latest weights, ``best.pt`` those of the
-best validation score, and ``train_state.pt`` holds weights, optimisers, counters, elapsed time and RNG for
-``resume`` (the replay buffer is refilled after a resume). Under ``torchrun`` process 0 decides when to stop, alone
-validates and writes, and the others wait at a barrier.
+budget: ``minutes`` of wall clock, or, with ``minutes=None``, ``max_updates`` gradient steps. Every ``eval_every``
+updates the task validates: ``model.pt`` is the latest weights, ``best.pt`` those of the best validation score, and
+``train_state.pt`` holds what ``resume`` needs to go on exactly where the run was: weights, optimisers, temperature,
+counters, elapsed time, every process's replay buffer and random-number states. A run whose budget is a number of
+updates (``minutes=None``) is reproducible: killed at any point and resumed, it ends with the same weights as an
+uninterrupted run with the same seed (on CPU; same number of processes). Under ``torchrun`` process 0 decides when to
+stop, alone validates and writes, and the others wait at a barrier.
 
 A task supplies an environment, how to store a state compactly (``components``) and ``validate`` (a summary dict).
 """
@@ -43,8 +46,9 @@ class LoopConfig:
         out: run folder (``model.pt``, ``best.pt``, ``train_state.pt``, ``progress.csv``, ``config.json``).
         seed: seeds the networks, the replay sampler and the environment.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...
-        minutes: wall-clock budget of the run (resumed time counts).
-        max_updates: stop after this many gradient steps (None: budget only).
+        minutes: wall-clock budget of the run (resumed time counts); None: the budget is ``max_updates`` alone and
+            the learning-rate schedule follows the updates, which makes the run reproducible.
+        max_updates: stop after this many gradient steps (None: the time budget alone).
         env_batch: episodes collected per round.
         updates_per_round: gradient steps after each round.
         batch_size: replayed transitions per gradient step.
@@ -59,7 +63,7 @@ class LoopConfig:
     out: str = "runs/train"
     seed: int = 0
     device: str = "auto"
-    minutes: float = 10.0
+    minutes: float | None = 10.0
     max_updates: int | None = None
     env_batch: int = 8
     updates_per_round: int = 8
@@ -180,29 +184,45 @@ def run_training(
         info_score: the environment's ``info`` entry reported before and after each collection round.
         extra: more entries for ``model.pt`` and ``best.pt`` (e.g. a style model's style image).
     """
-    rank = ddp.rank()
+    rank, world = ddp.rank(), ddp.world_size()
     writer = rank == 0
     out = Path(cfg.out)
     device = next(agent.parameters()).device
-    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.minutes is None and cfg.max_updates is None:
+        raise ValueError("training needs a budget: minutes, max_updates or both")
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
     state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf}
     if resume and (out / "train_state.pt").is_file():
-        ts = torch.load(out / "train_state.pt", map_location=device, weights_only=False)
+        ts = torch.load(out / "train_state.pt", map_location="cpu", weights_only=False)
         weights = ts["agent"] if "agent" in ts else load_checkpoint(out / "model.pt", device)["state_dict"]  # pre-0.1
         agent.load_state_dict(weights)
         sac.load_state_dict(ts["sac"])
         state.update(ts["state"])
-        generator.set_state(ts["generator"].cpu())  # map_location moved the sampler state (CPU) to the device
         env._rng = np.random.default_rng(ts["env_seed"] + rank)
+        processes = ts.get("processes", [])
+        if len(processes) == world:
+            _restore_process(processes[rank], buffer, generator, device)
+        elif writer:
+            print(
+                f"{out}: saved by {len(processes) or 'an earlier version with an unknown number of'} processes, resumed"
+                f" by {world}: replay buffers are refilled and random streams start afresh (not an exact resume)"
+            )
         if writer:
             print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
 
-    budget = cfg.minutes * 60
+    budget = math.inf if cfg.minutes is None else cfg.minutes * 60
     start = time.perf_counter() - state["elapsed"]
     next_eval = (sac.n_updates // cfg.eval_every + 1) * cfg.eval_every
     summary: dict[str, Any] = {}
     quiet = not (progress and writer)
-    bar = tqdm(total=int(budget), initial=int(state["elapsed"]), unit="s", disable=quiet, desc="train")
+    by_updates = cfg.minutes is None
+    bar = tqdm(
+        total=cfg.max_updates if by_updates else int(budget),
+        initial=sac.n_updates if by_updates else int(state["elapsed"]),
+        unit="update" if by_updates else "s",
+        disable=quiet,
+        desc="train",
+    )
 
     def elapsed() -> float:
         return time.perf_counter() - start
@@ -211,12 +231,17 @@ def run_training(
         nonlocal summary
         state["elapsed"] = elapsed()
         state["checkpointed_at"] = sac.n_updates
-        env_seed = int(env._rng.integers(2**31))
-        env._rng = np.random.default_rng(env_seed)
+        # the random streams go on from here whatever validation draws; every process reseeds its episodes alike
+        (env_seed,) = ddp.broadcast_values([float(env._rng.integers(2**31))])
+        env_seed = int(env_seed)
+        env._rng = np.random.default_rng(env_seed + rank)
+        processes = ddp.gather_to_first(_process_state(buffer, generator, device))
         if not writer:
             ddp.barrier()
             return
+        rng = torch.get_rng_state()
         summary = validate()
+        torch.set_rng_state(rng)
         agent.train()
         for k, v in summary.items():
             logger.record(f"val/{k}", v)
@@ -230,16 +255,14 @@ def run_training(
         if summary[score] > state["best"]:
             state["best"] = summary[score]
             save_checkpoint(out / "best.pt", model_config, agent.state_dict(), **entries)
-        torch.save(
-            {
-                "agent": agent.state_dict(),  # the weights of this very update: the file alone is a consistent resume
-                "sac": sac.state_dict(),
-                "state": state,
-                "generator": generator.get_state(),
-                "env_seed": env_seed,
-            },
-            out / "train_state.pt.tmp",
-        )
+        payload = {
+            "agent": agent.state_dict(),  # the weights of this very update: the file alone is a consistent resume
+            "sac": sac.state_dict(),
+            "state": state,
+            "env_seed": env_seed,
+            "processes": processes,  # by rank: replay buffer and random-number states
+        }
+        torch.save(payload, out / "train_state.pt.tmp")
         Path(out / "train_state.pt.tmp").replace(out / "train_state.pt")
         bar.set_postfix({f"val_{score}": f"{summary[score]:.3f}", "critic": f"{row.get('train/critic_loss', 0):.3g}"})
         ddp.barrier()
@@ -247,7 +270,8 @@ def run_training(
     def keep_going() -> tuple[bool, float]:
         """Process 0 decides, so every process stops after the same update at the same learning rate."""
         go = elapsed() < budget and (cfg.max_updates is None or sac.n_updates < cfg.max_updates)
-        go_all, fraction = ddp.broadcast_values([float(go), min(1.0, elapsed() / budget)])
+        fraction = sac.n_updates / cfg.max_updates if by_updates else elapsed() / budget
+        go_all, fraction = ddp.broadcast_values([float(go), min(1.0, fraction)])
         return bool(go_all), fraction
 
     agent.train()
@@ -262,7 +286,7 @@ def run_training(
         if state["rounds"] > cfg.bootstrap_rounds:
             sac.set_lr_scale(cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress_fraction)))
             sac.train(cfg.updates_per_round, cfg.batch_size, generator)
-        bar.update(int(elapsed()) - bar.n)
+        bar.update((sac.n_updates if by_updates else int(elapsed())) - bar.n)
         if sac.n_updates >= next_eval:
             checkpoint()
             next_eval += cfg.eval_every
@@ -277,3 +301,21 @@ def run_training(
         "parameters": count_parameters(agent.planner) + count_parameters(agent.actor),
         "buffer_mb": buffer.nbytes / 2**20,
     }
+
+
+def _process_state(buffer: EpisodeReplayBuffer, generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """What one process needs to go on exactly: its replay buffer and its random-number states."""
+    return {
+        "buffer": buffer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _restore_process(saved: dict[str, Any], buffer: EpisodeReplayBuffer, generator: torch.Generator, device) -> None:
+    buffer.load_state_dict(saved["buffer"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)

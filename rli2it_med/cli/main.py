@@ -30,35 +30,24 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    from rli2it_med.io import load_json
     from rli2it_med.registration.train import TrainConfig, default_config, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config_path = Path(args.out) / "config.json"
-    if args.resume and config_path.is_file():
-        cfg = TrainConfig.from_dict(load_json(config_path))
-        if args.minutes is not None:
-            cfg.minutes = args.minutes
-    else:
+    def new() -> TrainConfig:
         if args.data is None:
             raise SystemExit("rli2it train: --data is required for a new run")
         from rli2it_med.io import load_dataset
 
         _, meta = load_dataset(args.data, "val")
-        cfg = default_config(int(meta["dim"]), data=args.data, out=args.out)
-        if args.minutes is not None:
-            cfg.minutes = args.minutes
-    for name in ("seed", "device", "max_updates", "pairs"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(cfg, name, value)
+        return default_config(int(meta["dim"]), data=args.data, out=args.out)
+
+    cfg = _task_config(args, TrainConfig, new)
+    if args.pairs is not None:
+        cfg.pairs = args.pairs
     if args.reward is not None:
         cfg.env.reward = args.reward
     result = train(cfg, resume=args.resume, progress=not args.quiet)
-    print(json.dumps(result, indent=2))
+    if ddp_rank() == 0:
+        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -179,7 +168,9 @@ def _jacobian(args: argparse.Namespace) -> int:
 
 def _task_config(args: argparse.Namespace, config_cls, new):
     """The run's saved configuration on ``--resume`` (when there is one), else ``new()``; then the command line's
-    ``--minutes``, ``--seed``, ``--device`` and ``--max-updates`` on top; ``--threads`` applied."""
+    ``--minutes``, ``--max-updates``, ``--eval-every``, ``--seed`` and ``--device`` on top; ``--threads`` applied.
+    A new run given ``--max-updates`` without ``--minutes`` has no time budget: it is reproducible (see
+    :mod:`rli2it_med.agent.loop`)."""
     import torch
 
     from rli2it_med.io import load_json
@@ -187,12 +178,38 @@ def _task_config(args: argparse.Namespace, config_cls, new):
     if args.threads:
         torch.set_num_threads(args.threads)
     config_path = Path(args.out) / "config.json"
-    cfg = config_cls.from_dict(load_json(config_path)) if args.resume and config_path.is_file() else new()
-    for name in ("minutes", "seed", "device", "max_updates"):
+    resumed = args.resume and config_path.is_file()
+    cfg = config_cls.from_dict(load_json(config_path)) if resumed else new()
+    if not resumed and args.max_updates is not None and args.minutes is None:
+        cfg.minutes = None
+    for name in ("minutes", "max_updates", "eval_every", "seed", "device"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
+    _init_distributed(cfg.device)
     return cfg
+
+
+def _init_distributed(device: str) -> None:
+    """Join the process group when started by ``torchrun`` (nccl for CUDA, gloo on CPU)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or dist.is_initialized():
+        return
+    from rli2it_med.agent.distributed import local_device
+
+    backend = "nccl" if local_device(device).type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+def ddp_rank() -> int:
+    from rli2it_med.agent.distributed import rank
+
+    return rank()
 
 
 def _digits_train(args: argparse.Namespace) -> int:
@@ -246,9 +263,12 @@ def _digits_demo(args: argparse.Namespace) -> int:
 
 def _add_training_options(parser: argparse.ArgumentParser, out: str) -> None:
     """The options :func:`_task_config` reads, shared by the task training commands."""
-    parser.add_argument("--out", default=out, help="run folder")
-    parser.add_argument("--minutes", type=float, help="wall-clock budget (default 10)")
+    parser.add_argument("--out", default=out, required=out is None, help="run folder")
+    parser.add_argument(
+        "--minutes", type=float, help="wall-clock budget (default: the task's; none when --max-updates comes alone)"
+    )
     parser.add_argument("--max-updates", type=int, help="stop after this many gradient steps")
+    parser.add_argument("--eval-every", type=int, help="gradient steps between validations and checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default), cpu, cuda ...")
@@ -557,20 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train (or resume) a registration agent")
     t.add_argument("--data", help="dataset folder built by data_prep/brain.py")
-    t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--minutes", type=float, help="wall-clock budget (default: the preset's)")
-    t.add_argument("--max-updates", type=int, help="stop after this many gradient steps")
+    _add_training_options(t, None)
     t.add_argument("--pairs", choices=("template", "subject"), help="training pairs")
     t.add_argument(
         "--reward",
         choices=("auto", "labels", "pseudo"),
         help="Dice reward on the label maps, or on k-means pseudo-segmentations (the paper's unsupervised mode)",
     )
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="Dice per label, HD95, folding, s/pair and Dice per step")

@@ -1,5 +1,13 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from data_prep.brain import main as build_data
 from rli2it_med import io
@@ -65,3 +73,43 @@ def test_cli_reports_a_missing_dataset(tmp_path, capsys):
     code = cli(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--quiet"])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def _train_command(data, out, *extra):
+    args = ["train", "--out", str(out), "--quiet", "--threads", "1", *extra]
+    if data is not None:
+        args += ["--data", str(data), "--max-updates", "40", "--eval-every", "8", "--seed", "3"]
+    return [sys.executable, "-m", "rli2it_med.cli.main", *args]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(data, tmp_path):
+    """Kill at whatever point the run has reached after its first checkpoint; the resumed run must end with exactly
+    the uninterrupted run's weights (replay buffer, optimisers, temperature and random streams restored)."""
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    done = subprocess.run(_train_command(data, whole), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    proc = subprocess.Popen(_train_command(data, part), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, saved = time.time() + 240, 0
+    while time.time() < deadline and saved < 8 and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            saved = torch.load(part / "train_state.pt", weights_only=False)["sac"]["n_updates"]
+        except (OSError, RuntimeError, EOFError):  # not written yet, or being replaced
+            continue
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(part / "train_state.pt", weights_only=False)["sac"]["n_updates"]
+    assert 8 <= saved < 40, saved
+    resumed = subprocess.run(_train_command(None, part, "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at update {saved}," in resumed.stdout
+
+    a = torch.load(whole / "model.pt", weights_only=True)
+    b = torch.load(part / "model.pt", weights_only=True)
+    assert a["updates"] == b["updates"] == 40
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
