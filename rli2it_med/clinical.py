@@ -688,26 +688,30 @@ def register_batch(
     """Register every row of ``pairs_csv`` into ``out_dir/<id>/`` (warped, warped_seg, transform.h5,
     jacobian, qc.png, stats.json) and write ``summary.csv`` / ``summary.json``. A model is loaded once per
     dimension; a pair whose ``stats.json`` exists is skipped (re-runs resume); a failing pair is reported and the
-    rest go on."""
+    rest go on. Under ``torchrun`` (an initialised process group) process r registers rows r, r + N, ... and
+    process 0 merges everyone's results, in the CSV's order, into the summary."""
     import csv
     import io as _io
 
     from tqdm.auto import tqdm
 
-    from rli2it_med.io import atomic_write_bytes, save_json
+    from rli2it_med.agent import distributed as ddp
+    from rli2it_med.io import atomic_write_bytes, load_json, save_json
 
     out_dir = Path(out_dir)
     check_writable([out_dir / "summary.json"])
     rows = read_pairs_csv(pairs_csv)
+    rank, world = ddp.rank(), ddp.world_size()
     nets: dict[int, Any] = {}
-    results: list[dict[str, Any]] = []
-    for row in tqdm(rows, disable=not progress, desc="register", unit="pair"):
+    mine: list[tuple[int, dict[str, Any]]] = []
+    share = range(rank, len(rows), world)
+    desc = "register" if world == 1 else f"register (process 0 of {world})"
+    for i in tqdm(share, disable=not progress or rank > 0, desc=desc, unit="pair"):
+        row = rows[i]
         folder = out_dir / row["id"]
         entry: dict[str, Any] = {"id": row["id"], "fixed": row["fixed"], "moving": row["moving"]}
-        if (folder / "stats.json").is_file():
-            from rli2it_med.io import load_json
-
-            results.append(entry | {"status": "done before"} | _flat(load_json(folder / "stats.json")))
+        if (folder / "stats.json").is_file():  # written last: the pair's outputs are complete
+            mine.append((i, entry | {"status": "done before"} | _flat(load_json(folder / "stats.json"))))
             continue
         try:
             fixed, moving, fseg, mseg = read_pair(
@@ -726,9 +730,13 @@ def register_batch(
                 qc_out=folder / "qc.png",
                 stats_out=folder / "stats.json",
             )  # fmt: skip
-            results.append(entry | {"status": "ok"} | _flat(result.stats))
+            mine.append((i, entry | {"status": "ok"} | _flat(result.stats)))
         except Exception as e:  # noqa: BLE001 - one bad pair is reported, the batch goes on
-            results.append(entry | {"status": "failed", "error": f"{type(e).__name__}: {e}"})
+            mine.append((i, entry | {"status": "failed", "error": f"{type(e).__name__}: {e}"}))
+    gathered = ddp.gather_to_first(mine)
+    if gathered is None:
+        return {"pairs": len(mine), "failed": [r for _, r in mine if r["status"] == "failed"], "merged": False}
+    results = [r for _, r in sorted((item for part in gathered for item in part), key=lambda item: item[0])]
     failed = [r for r in results if r["status"] == "failed"]
     keys = list(dict.fromkeys(k for r in results for k in r))
     buffer = _io.StringIO()
@@ -736,8 +744,8 @@ def register_batch(
     writer.writeheader()
     writer.writerows(results)
     atomic_write_bytes(out_dir / "summary.csv", buffer.getvalue().encode())
-    save_json(out_dir / "summary.json", {"pairs": results, "failed": len(failed)})
-    return {"pairs": len(results), "failed": failed}
+    save_json(out_dir / "summary.json", {"pairs": results, "failed": len(failed), "processes": world})
+    return {"pairs": len(results), "failed": failed, "merged": True}
 
 
 def _flat(stats: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, load_checkpoint, loop
+from rli2it_med.agent import distributed as ddp
 from rli2it_med.agent.buffer import ReplayBatch
 from rli2it_med.agent.loop import LoopConfig, draw_pairs
 from rli2it_med.api import resolve_device
@@ -356,6 +357,7 @@ class EditingTask:
             d_loss = F.relu(1 - d(real_in)).mean() + F.relu(1 + d(fake_in.detach())).mean()
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
+            ddp.average_gradients(list(d.parameters()))
             self.d_optimizer.step()
             d.requires_grad_(False)
             try:
@@ -517,24 +519,26 @@ def train_editing(
 
     Validation runs the episode's T steps and scores the step t >= 1 of the best PSNR; that ``steps`` is the
     checkpoint's default number of steps (like an iterative method's stopping time, chosen on validation data)."""
-    device = resolve_device(cfg.device)
+    rank, world, device = loop.start_process(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
     if cfg.flip:
         train = with_mirrors(train)
+    train = ImagePairs(train.source[rank::world], train.target[rank::world])
     src, tgt = train.source.shape[1], train.target.shape[1]
     channels = {"in_channels": src + tgt if cfg.env.condition else tgt, "action_channels": tgt}
     if any(getattr(cfg.agent, k) != v for k, v in channels.items()):
         cfg.agent = AgentConfig(**(cfg.agent.to_dict() | channels))
     agent = Agent(cfg.agent).to(device)
-    logger = Logger(out)
+    logger = Logger(out if rank == 0 else None)
     buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
     editing = EditingTask(train, cfg.env, cfg.loss, device)
-    sac = SAC(agent, editing, buffer, cfg.sac, logger)
+    ddp.broadcast_module(agent)
+    ddp.broadcast_module(editing.discriminator)
+    sac = SAC(agent, editing, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients)
     env = ImageEditEnv(cfg.env, train, cfg.env_batch, device)
-    env.reset(seed=cfg.seed)
-    save_json(out / "config.json", cfg.to_dict())
+    env.reset(seed=cfg.seed + rank)
+    if rank == 0:
+        save_json(out / "config.json", cfg.to_dict())
     model_config = {"agent": cfg.agent.to_dict(), "env": asdict(cfg.env), "size": cfg.size, "task": task}
     model_config["training"] = cfg.to_dict()  # how it was trained (the benchmarks train their peers alike)
 

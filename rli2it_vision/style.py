@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, loop
+from rli2it_med.agent import distributed as ddp
 from rli2it_med.agent.buffer import ReplayBatch
-from rli2it_med.api import resolve_device
 from rli2it_med.io import save_json
 from rli2it_vision.data import folder_split, image_folder, image_tensor, read_image, read_video
 from rli2it_vision.editing import EditConfig, EditTrainConfig, ImageEditEnv, ImageEditor, ImagePairs
@@ -289,27 +289,28 @@ def train_style(cfg: StyleTrainConfig, resume: bool = False, progress: bool = Tr
     """Train (or resume) a style-transfer agent for one style image with
     :func:`rli2it_med.agent.loop.run_training`; checkpoints carry the style image and load with
     :func:`load_stylizer`. Validation scores the first step's learning loss (content + lambda style + beta TV)."""
-    device = resolve_device(cfg.device)
+    rank, world, device = loop.start_process(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
     style = load_style(cfg.style, cfg.size)
     loss = style_loss_of(cfg.loss, style, device)
     train = content_images(cfg.data, "train", cfg.size, cfg.seed)
     val = content_images(cfg.data, "val", cfg.size)
     if cfg.flip:
         train = torch.cat([train, train.flip(-1)])
+    train = train[rank::world]
     fit = {"plan_dim": (cfg.size // 4) ** 2, "critic_channels": cfg.agent.critic_channels[: int(math.log2(cfg.size))]}
     if any(getattr(cfg.agent, k) != v for k, v in fit.items()):
         cfg.agent = AgentConfig(**(cfg.agent.to_dict() | fit))
     agent = Agent(cfg.agent).to(device)
-    logger = Logger(out)
+    ddp.broadcast_module(agent)
+    logger = Logger(out if rank == 0 else None)
     buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
     task = StyleTask(loss, device)
-    sac = SAC(agent, task, buffer, cfg.sac, logger)
+    sac = SAC(agent, task, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients)
     env = StyleEnv(cfg.env, loss, train, cfg.env_batch, device)
-    env.reset(seed=cfg.seed)
-    save_json(out / "config.json", cfg.to_dict())
+    env.reset(seed=cfg.seed + rank)
+    if rank == 0:
+        save_json(out / "config.json", cfg.to_dict())
     model_config = {"agent": cfg.agent.to_dict(), "env": asdict(cfg.env), "size": cfg.size, "task": "style"}
     model_config["training"] = cfg.to_dict()
 

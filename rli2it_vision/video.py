@@ -30,8 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rli2it_med.agent import AgentConfig, load_checkpoint, save_checkpoint
+from rli2it_med.agent import distributed as ddp
 from rli2it_med.agent.networks import Actor, Planner
-from rli2it_med.api import resolve_device
 from rli2it_med.io import save_json
 from rli2it_med.registration.warp import warp
 from rli2it_vision.editing import EditConfig
@@ -311,25 +311,30 @@ class VideoTrainConfig:
 
 def train_video(cfg: VideoTrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train the step-wise and frame-wise GRUs of a :class:`VideoStylizer` (see the module's docstring) for
-    ``cfg.minutes``; writes ``model.pt`` (loads with :meth:`VideoStylizer.load`). Returns the run's statistics."""
-    device = resolve_device(cfg.device)
+    ``cfg.minutes``; writes ``model.pt`` (loads with :meth:`VideoStylizer.load`). Returns the run's statistics.
+    Under ``torchrun`` every process trains on its share of the content images, gradients are averaged and process 0
+    alone writes."""
+    rank, world = ddp.rank(), ddp.world_size()
+    device = ddp.local_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
     model, style, image_config = VideoStylizer.from_image_model(cfg.image_model, cfg.hidden)
     model = model.to(device).train()
     model.planner.requires_grad_(False)
     model.actor.requires_grad_(False)
     loss_cfg = StyleLossConfig(**image_config["training"]["loss"])
     loss = style_loss_of(loss_cfg, F.interpolate(style, size=(cfg.size, cfg.size), mode="bilinear"), device)
-    images = content_images(cfg.data, "train", cfg.size, cfg.seed)
+    images = content_images(cfg.data, "train", cfg.size, cfg.seed)[rank::world]
+    ddp.broadcast_module(model)
     params = [p for name, p in model.named_parameters() if name.split(".")[0] in ("step_gru", "frame_gru", "mix")]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    save_json(out / "config.json", cfg.to_dict())
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
+    if rank == 0:
+        save_json(out / "config.json", cfg.to_dict())
     start, iterations, history = time.perf_counter(), 0, []
-    bar = tqdm(total=int(cfg.minutes * 60), unit="s", disable=not progress, desc="train video")
-    while time.perf_counter() - start < cfg.minutes * 60:
+    bar = tqdm(total=int(cfg.minutes * 60), unit="s", disable=not progress or rank > 0, desc="train video")
+    while ddp.broadcast_values([float(time.perf_counter() - start < cfg.minutes * 60)])[0]:
         idx = torch.randint(len(images), (cfg.batch_size,), generator=generator)
         x = images[idx].to(device)
         steps = int(torch.randint(1, cfg.max_steps + 1, (1,), generator=generator))
@@ -350,6 +355,7 @@ def train_video(cfg: VideoTrainConfig, progress: bool = True) -> dict[str, Any]:
         total = (learning + cfg.temporal_weight * temporal) / cfg.frames
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        ddp.average_gradients(params)
         optimizer.step()
         iterations += 1
         history.append(
@@ -375,5 +381,7 @@ def train_video(cfg: VideoTrainConfig, progress: bool = True) -> dict[str, Any]:
         "image_model": str(cfg.image_model),
         "training": cfg.to_dict(),
     }
-    save_checkpoint(out / "model.pt", config, model.state_dict(), style_image=style_bytes(style), val=stats)
+    if rank == 0:
+        save_checkpoint(out / "model.pt", config, model.state_dict(), style_image=style_bytes(style), val=stats)
+    ddp.barrier()
     return stats

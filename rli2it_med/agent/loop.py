@@ -34,7 +34,7 @@ from rli2it_med.agent.logger import Logger
 from rli2it_med.agent.networks import Agent, count_parameters
 from rli2it_med.agent.sac import SAC
 
-__all__ = ["LoopConfig", "collect", "draw_pairs", "peak_memory_mb", "run_training"]
+__all__ = ["LoopConfig", "collect", "draw_pairs", "peak_memory_mb", "run_training", "start_process"]
 
 
 @dataclass
@@ -109,6 +109,16 @@ def draw_pairs(
         indices = rng.integers(0, len(pairs), size=batch_size)
     indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     return pairs.get(indices), indices
+
+
+def start_process(cfg: LoopConfig) -> tuple[int, int, torch.device]:
+    """This process's ``(rank, world size, device)`` (one process, or one of ``torchrun``'s); creates the run folder
+    and seeds torch with ``cfg.seed + rank``. Tasks then give each process its share of the training data
+    (``[rank::world]``), build the SAC with ``grad_reduce=ddp.average_gradients`` and let process 0 alone write."""
+    rank, world = ddp.rank(), ddp.world_size()
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed + rank)
+    return rank, world, ddp.local_device(cfg.device)
 
 
 def peak_memory_mb() -> float:

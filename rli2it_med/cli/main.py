@@ -45,9 +45,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg.pairs = args.pairs
     if args.reward is not None:
         cfg.env.reward = args.reward
-    result = train(cfg, resume=args.resume, progress=not args.quiet)
-    if ddp_rank() == 0:
-        print(json.dumps(result, indent=2))
+    _report(train(cfg, resume=args.resume, progress=not args.quiet))
     return 0
 
 
@@ -91,15 +89,18 @@ def _register(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from rli2it_med.api import resolve_device
+    from rli2it_med.agent.distributed import local_device
 
-    device = resolve_device(args.device)
+    device = local_device(args.device)  # under torchrun: this process's GPU
     if args.pairs:
         if args.out_dir is None:
             raise ValueError("--pairs needs --out-dir")
+        _init_distributed("cpu", share_threads=not args.threads)  # the processes exchange only results: gloo
         summary = clinical.register_batch(
             args.pairs, args.out_dir, args.model, args.steps, args.affine, args.seed, device, not args.quiet
         )
+        if not summary["merged"]:
+            return 0  # process 0 reports the whole batch
         done = summary["pairs"] - len(summary["failed"])
         print(f"{done} of {summary['pairs']} pairs registered; summary in {args.out_dir}/summary.csv")
         for f in summary["failed"]:
@@ -186,12 +187,14 @@ def _task_config(args: argparse.Namespace, config_cls, new):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
-    _init_distributed(cfg.device)
+    _init_distributed(cfg.device, share_threads=not args.threads)
     return cfg
 
 
-def _init_distributed(device: str) -> None:
-    """Join the process group when started by ``torchrun`` (nccl for CUDA, gloo on CPU)."""
+def _init_distributed(device: str, share_threads: bool = True) -> None:
+    """Join the process group when started by ``torchrun`` (nccl for CUDA, gloo on CPU); with ``share_threads`` the
+    processes of a machine share its CPU threads."""
+    import datetime
     import os
 
     import torch
@@ -202,14 +205,17 @@ def _init_distributed(device: str) -> None:
     from rli2it_med.agent.distributed import local_device
 
     backend = "nccl" if local_device(device).type == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))  # shares can finish hours apart
+    if share_threads:
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
 
 
-def ddp_rank() -> int:
+def _report(result: dict) -> None:
+    """A training run's result as JSON, printed by process 0 alone."""
     from rli2it_med.agent.distributed import rank
 
-    return rank()
+    if rank() == 0:
+        print(json.dumps(result, indent=2, default=str))
 
 
 def _digits_train(args: argparse.Namespace) -> int:
@@ -217,7 +223,7 @@ def _digits_train(args: argparse.Namespace) -> int:
     from rli2it_vision import digits
 
     cfg = _task_config(args, TrainConfig, lambda: digits.default_config(out=args.out))
-    print(json.dumps(digits.train_digits(cfg, args.mode, resume=args.resume, progress=not args.quiet), indent=2))
+    _report(digits.train_digits(cfg, args.mode, resume=args.resume, progress=not args.quiet))
     return 0
 
 
@@ -314,7 +320,7 @@ def _inpaint_train(args: argparse.Namespace) -> int:
         return cfg
 
     cfg = _task_config(args, InpaintConfig, new)
-    print(json.dumps(train_inpainting(cfg, resume=args.resume, progress=not args.quiet), indent=2))
+    _report(train_inpainting(cfg, resume=args.resume, progress=not args.quiet))
     return 0
 
 
@@ -372,7 +378,7 @@ def _translate_train(args: argparse.Namespace) -> int:
         return cfg
 
     cfg = _task_config(args, TranslateConfig, new)
-    print(json.dumps(train_translation(cfg, resume=args.resume, progress=not args.quiet), indent=2))
+    _report(train_translation(cfg, resume=args.resume, progress=not args.quiet))
     return 0
 
 
@@ -447,7 +453,7 @@ def _stylize_train(args: argparse.Namespace) -> int:
     result = {"image": train_style(cfg, resume=args.resume, progress=not args.quiet)}
     if args.video_minutes:
         result["video"] = _train_video_model(Path(cfg.out), args.video_minutes, cfg, not args.quiet)
-    print(json.dumps(result, indent=2, default=str))
+    _report(result)
     return 0
 
 

@@ -180,11 +180,8 @@ def train(
     into its own buffer, gradients are averaged over processes at every step, and process 0 alone validates and
     writes checkpoints and logs; the batch sizes are per process.
     """
-    rank, world = ddp.rank(), ddp.world_size()
-    device = ddp.local_device(cfg.device)
+    rank, world, device = loop.start_process(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed + rank)
     train_pairs = train_pairs if train_pairs is not None else PairDataset.load(cfg.data, "train", cfg.pairs)
     val_pairs = val_pairs if val_pairs is not None else PairDataset.load(cfg.data, "val", "template")
     if train_pairs.spatial_dims != cfg.agent.spatial_dims:
@@ -196,7 +193,7 @@ def train(
     logger = Logger(out if writer else None)
     buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
     task = RegistrationTask(train_pairs, cfg.loss, device, cfg.grid_scale)
-    sac = SAC(agent, task, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients if world > 1 else None)
+    sac = SAC(agent, task, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients)
     env = RegistrationEnv(cfg.env, task.pairs, cfg.env_batch, device)
     env.reset(seed=cfg.seed + rank)
     if writer:
