@@ -272,8 +272,9 @@ class RegistrationTrainer:
     One *epoch* is ``epoch_length`` gradient updates followed by validation and checkpoints (``model.pt`` latest,
     ``best.pt`` by validation GM/WM Dice, ``train_state.pt`` for resuming, ``progress.csv``) in ``output_dir``.
     Training stops after ``max_epochs`` epochs or ``minutes`` of wall clock, whichever comes first; the learning
-    rates follow a cosine over ``minutes``. Under ``torchrun`` it trains data-parallel (see
-    :mod:`rli2it_med.agent.distributed`).
+    rates follow a cosine over ``minutes``. With ``minutes`` None the budget is the epochs alone, the schedule
+    follows the updates and a killed run resumes exactly (see :mod:`rli2it_med.agent.loop`). Under ``torchrun`` it
+    trains data-parallel (see :mod:`rli2it_med.agent.distributed`).
 
     Args:
         network: its agent config, episode length, step bound and grid scale define what is trained.
@@ -290,7 +291,7 @@ class RegistrationTrainer:
         output_dir: str,
         max_epochs: int,
         epoch_length: int = 200,
-        minutes: float = 50.0,
+        minutes: float | None = 50.0,
         device: torch.device | str = "auto",
         resume: bool = False,
         seed: int = 0,
@@ -312,7 +313,8 @@ class RegistrationTrainer:
         cfg.agent = network.agent.config
         cfg.env.max_steps, cfg.env.max_step, cfg.grid_scale = network.steps, network.max_step, network.grid_scale
         cfg.data, cfg.out, cfg.seed = str(dataset_dir), str(output_dir), int(seed)
-        cfg.minutes, cfg.eval_every, cfg.max_updates = float(minutes), int(epoch_length), int(max_epochs * epoch_length)
+        cfg.minutes = None if minutes in (None, "None", "none", "null") else float(minutes)
+        cfg.eval_every, cfg.max_updates = int(epoch_length), int(max_epochs * epoch_length)
         cfg.device = str(device)
         self.config, self.max_epochs = cfg, int(max_epochs)
         self.dataset, self.val_dataset = dataset, val_dataset

@@ -18,6 +18,7 @@ written transform files (``.h5``, ``.nii.gz``, ``.nrrd``) ``D`` is read back fro
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,11 +110,9 @@ def read_image(source: Any, name: str = "image") -> Any:
             raise FileNotFoundError(f"{path}: not found")
         try:
             if path.is_dir():
-                ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-                if not ids:
-                    raise ValueError("no DICOM series in this folder")
-                files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), i) for i in ids), key=len)
-                img = sitk.ReadImage(files)
+                from rli2it_med.dicom import read_series
+
+                img = read_series(path)  # in a child process: a corrupt file cannot crash or hang this one
             else:
                 img = _read_file(path)
         except Exception as e:  # noqa: BLE001 - whatever a reader raises on a corrupt file: one clean error naming it
@@ -371,6 +370,16 @@ class ClinicalResult:
         return self.transform.GetDisplacementField()
 
 
+def _check_memory(fixed: Any, moving: Any) -> None:
+    """Refuse a pair whose outputs cannot fit (see :mod:`rli2it_med.memory`) before any of them is computed."""
+    from rli2it_med import memory
+
+    f, m = fixed.GetSize(), moving.GetSize()
+    need = memory.registration_bytes(math.prod(f), math.prod(m))
+    what = f"registering a {'x'.join(map(str, m))} moving image onto a {'x'.join(map(str, f))} fixed image"
+    memory.check_fits(need, what, already=memory.resident_bytes())
+
+
 def register_images(
     fixed: Any,
     moving: Any,
@@ -394,6 +403,7 @@ def register_images(
     nd = fixed.GetDimension()
     if net.spatial_dims != nd:
         raise ValueError(f"{nd}D images for a {net.spatial_dims}D model")
+    _check_memory(fixed, moving)
 
     t0 = time.perf_counter()
     pre = affine_prealign(fixed, moving, seed) if affine else sitk.AffineTransform(nd)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,53 @@ def test_two_process_training_of_a_vision_task_writes_once(tmp_path):
     state = torch.load(out / "train_state.pt", weights_only=False)
     assert len(state["processes"]) == 2  # each process's replay shard and random streams, for an exact resume
     assert all(len(p["buffer"]["episodes"]) > 0 for p in state["processes"])
+
+
+# ------------------------------------------------------------------------------------------------ memory guard
+
+
+def test_the_guard_refuses_a_job_that_cannot_fit_and_says_why(monkeypatch):
+    from rli2it_med import memory
+
+    assert memory.available_bytes() > 0 and memory.resident_bytes() > 0  # Linux: both known
+    assert memory.registration_bytes(2 * 10**6, 10**6) > memory.registration_bytes(10**6, 10**6)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * 2**30)
+    memory.check_fits(int(1.5 * 2**30), "a small job")
+    with pytest.raises(memory.NotEnoughMemory, match=r"a big job needs about 3\.0 GB .* 2\.0 GB are available"):
+        memory.check_fits(3 * 2**30, "a big job")
+    memory.check_fits(3 * 2**30, "a big job", already=2 * 2**30)  # what the process already holds counts
+    monkeypatch.setenv("RLI2IT_MEMORY_CHECK", "0")
+    memory.check_fits(30 * 2**30, "anything")
+
+
+def test_registration_and_training_that_cannot_fit_fail_cleanly(monkeypatch, tmp_path, capsys, pairs_csv):
+    from rli2it_med import memory
+    from rli2it_med.cli.main import main
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    out = tmp_path / "out"
+    rc = main(["register", "--fixed", str(tmp_path / "fixed.nii.gz"), "--moving", str(tmp_path / "moving.nii.gz"),
+               "--warped-out", str(out / "w.nii.gz"), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "registering a 128x128 moving image onto a 128x128 fixed image needs about" in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+    rc = main(["register", "--pairs", str(pairs_csv), "--out-dir", str(tmp_path / "res"), "--quiet", "--device", "cpu"])
+    rows = list(csv.DictReader((tmp_path / "res" / "summary.csv").open()))
+    assert rc == 1 and all(r["status"] == "failed" for r in rows)  # each pair reported, the batch went through
+    assert "NotEnoughMemory" in rows[0]["error"]
+
+    from rli2it_med.registration.train import default_config, train
+
+    cfg = default_config(2, out=str(tmp_path / "run"), max_updates=1)
+    with pytest.raises(memory.NotEnoughMemory, match=r"training on 128x128 images \(replay buffer"):
+        train(cfg, progress=False, train_pairs=_pairs(), val_pairs=_pairs())
+
+
+def _pairs():
+    from rli2it_med.registration.data import PairDataset
+
+    pair = demo_pair(2)
+    images = np.stack([pair["fixed"], pair["moving"]])
+    labels = np.stack([pair["fixed_seg"], pair["moving_seg"]])
+    return PairDataset(images, labels, [(0, 1)], label_values=(1, 2, 3))

@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ImportError, ValueError, TypeError) as e:
+    except (OSError, ImportError, ValueError, TypeError, MemoryError) as e:
         print(f"rli2it {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ The loop (rounds of collection and SAC updates, validation, checkpoints, resume)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -166,6 +167,22 @@ def gm_wm_dice(metrics: dict[str, Any]) -> float:
     return float(np.nanmean(metrics["dice"][:, cols])) if cols else float(np.nanmean(metrics["dice"]))
 
 
+def _check_memory(cfg: TrainConfig, shape: tuple[int, ...], device: torch.device) -> None:
+    """Refuse a run whose replay buffer and activations cannot fit (see :mod:`rli2it_med.memory`)."""
+    from rli2it_med import memory
+
+    voxels = math.prod(shape)
+    state = len(shape) * voxels // cfg.grid_scale ** len(shape) * 2  # the field in half precision
+    buffer = cfg.buffer_episodes * (cfg.env.max_steps + 1) * state
+    need = memory.training_bytes(len(shape), voxels, cfg.batch_size, cfg.env_batch, buffer, device.type == "cuda")
+    what = (
+        f"training on {'x'.join(map(str, shape))} images (replay buffer {buffer / 2**30:.2f} GB: "
+        f"{cfg.buffer_episodes} episodes of {cfg.env.max_steps} steps; batch {cfg.batch_size}, {cfg.env_batch} "
+        "episodes per round)"
+    )
+    memory.check_fits(need, what, already=memory.resident_bytes())
+
+
 def train(
     cfg: TrainConfig,
     resume: bool = False,
@@ -187,6 +204,7 @@ def train(
     if train_pairs.spatial_dims != cfg.agent.spatial_dims:
         raise ValueError(f"{cfg.data}: data are {train_pairs.spatial_dims}D but the agent is {cfg.agent.spatial_dims}D")
     train_pairs = train_pairs.shard(rank, world)
+    _check_memory(cfg, train_pairs.spatial_shape, device)
     agent = Agent(cfg.agent).to(device)
     ddp.broadcast_module(agent)
     writer = rank == 0
