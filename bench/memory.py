@@ -3,11 +3,11 @@
 Registration: the 3D demo pair (2 mm) with the fixed image (then the moving image) resampled to finer grids, each
 registered by the command line in a fresh process with every output written (warped image and labels, transform,
 Jacobian, QC picture, statistics); the peak resident memory of that process against the estimate, and a least-squares
-fit of ``BASE + PER_FIXED_VOXEL * fixed + PER_MOVING_VOXEL * moving`` to the measurements. Training: short runs of the
-2D and 3D defaults (peak against the estimate with the buffer they filled, and the activation bytes per transition
-and voxel they imply).
+fit of ``BASE + PER_FIXED_VOXEL * fixed + PER_MOVING_VOXEL * moving`` to the measurements. Training: the 2D and 3D
+defaults run until their replay buffer is full (peak against the estimate, and the bytes per transition and voxel
+beyond the buffer that the run implies: activations and the allocator's overhead).
 
-    python bench/memory.py            # needs data/brain2d and data/brain3d (data_prep/brain.py) for the training part
+    python bench/memory.py            # ~10 min; training needs data/brain2d and data/brain3d (data_prep/brain.py)
     python bench/memory.py --no-train
 
 The table goes to stdout, and its last line is the same as one JSON object.
@@ -87,17 +87,19 @@ def registration_rows(spacings: list[float], folder: Path) -> list[dict]:
     return rows
 
 
-def training_rows(dims: list[int], folder: Path, updates: int) -> list[dict]:
+def training_rows(dims: list[int], folder: Path) -> list[dict]:
     from rli2it_med.registration.train import default_config
 
     rows = []
     for dim in dims:
+        cfg = default_config(dim)
+        rounds = -(-cfg.buffer_episodes // cfg.env_batch)  # rounds that fill the buffer
+        updates = (rounds + 2 - cfg.bootstrap_rounds) * cfg.updates_per_round
         data = ROOT / f"data/brain{dim}d"
         out = folder / f"train{dim}d"
         command = [sys.executable, "-m", "rli2it", "train", "--data", str(data), "--out", str(out), "--device", "cpu",
                    "--max-updates", str(updates), "--eval-every", str(updates), "--quiet"]  # fmt: skip
         peak, seconds = peak_rss(command)
-        cfg = default_config(dim)
         shape = json.loads((data / "meta.json").read_text())["shape"]
         voxels = math.prod(shape)
         buffer = json.loads(subprocess.run([sys.executable, "-c", (
@@ -105,13 +107,13 @@ def training_rows(dims: list[int], folder: Path, updates: int) -> list[dict]:
             "print(sum(t.numel()*t.element_size() for e in s['episodes'] for t in e['states'].values()))"
         ), str(out / "train_state.pt")], capture_output=True, text=True, check=True).stdout)  # fmt: skip
         samples = cfg.batch_size + cfg.env_batch
-        full = cfg.buffer_episodes * (cfg.env.max_steps + 1) * dim * voxels // cfg.grid_scale**dim * 2
+        full = cfg.buffer_episodes * (cfg.env.max_steps + 1) * dim * (voxels // cfg.grid_scale**dim) * 2
         rows.append({
             "dims": dim, "shape": shape, "updates": updates, "seconds": seconds, "peak_mb": peak / MB,
             "buffer_mb": buffer / MB, "estimate_mb": memory.training_bytes(dim, voxels, cfg.batch_size,
                                                                            cfg.env_batch, buffer) / MB,
             "implied_bytes_per_sample_voxel": (peak - memory.BASE - buffer) / (samples * voxels),
-            "estimate_full_buffer_mb": memory.training_bytes(dim, voxels, cfg.batch_size, cfg.env_batch, full) / MB,
+            "buffer_full": buffer >= full,
         })  # fmt: skip
     return rows
 
@@ -120,11 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spacings", type=float, nargs="+", default=[2.0, 1.5, 1.0, 0.8])
     parser.add_argument("--no-train", action="store_true", help="registration only")
-    parser.add_argument("--updates", type=int, default=24, help="updates of the short training runs")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         reg = registration_rows(args.spacings, Path(tmp))
-        train = [] if args.no_train else training_rows([2, 3], Path(tmp), args.updates)
+        train = [] if args.no_train else training_rows([2, 3], Path(tmp))
     a = np.array([[1.0, r["fixed_voxels"], r["moving_voxels"]] for r in reg])
     y = np.array([r["peak_mb"] * MB for r in reg])
     fit = np.linalg.lstsq(a, y, rcond=None)[0]
@@ -140,13 +141,13 @@ def main(argv: list[str] | None = None) -> None:
           f" voxel (rli2it_med.memory: {memory.BASE / MB:.0f} MB + {memory.PER_FIXED_VOXEL} + "
           f"{memory.PER_MOVING_VOXEL})")  # fmt: skip
     if train:
-        print("\ntraining (defaults, short runs), peak resident memory (MB)")
+        print("\ntraining (defaults, until the replay buffer is full), peak resident memory (MB)")
         print(f"{'dims':>4} {'shape':>12} {'peak':>7} {'buffer':>7} {'estimate':>8} {'ratio':>5} "
-              f"{'B/sample/voxel':>14} {'estimate, full buffer':>21}")  # fmt: skip
+              f"{'B/sample/voxel':>14} {'updates':>7}")  # fmt: skip
         for r in train:
             print(f"{r['dims']:>4} {'x'.join(map(str, r['shape'])):>12} {r['peak_mb']:>7.0f} {r['buffer_mb']:>7.1f} "
                   f"{r['estimate_mb']:>8.0f} {r['estimate_mb'] / r['peak_mb']:>5.2f} "
-                  f"{r['implied_bytes_per_sample_voxel']:>14.0f} {r['estimate_full_buffer_mb']:>21.0f}")  # fmt: skip
+                  f"{r['implied_bytes_per_sample_voxel']:>14.0f} {r['updates']:>7}")  # fmt: skip
     print(json.dumps({"registration": reg, "fit": [float(v) for v in fit], "training": train}))
 
 

@@ -377,7 +377,7 @@ def _check_memory(fixed: Any, moving: Any) -> None:
     f, m = fixed.GetSize(), moving.GetSize()
     need = memory.registration_bytes(math.prod(f), math.prod(m))
     what = f"registering a {'x'.join(map(str, m))} moving image onto a {'x'.join(map(str, f))} fixed image"
-    memory.check_fits(need, what, already=memory.resident_bytes())
+    memory.check_fits(need, what)
 
 
 def register_images(

@@ -35,10 +35,11 @@ __all__ = [
 ]
 
 GB = 1024**3
-BASE = int(0.75 * GB)  # the interpreter with torch, MONAI, SimpleITK, the network and the working grid
-PER_FIXED_VOXEL = 120  # bytes: fixed image, field (float64 x 3), warped image, labels, Jacobian, their writing
-PER_MOVING_VOXEL = 20  # bytes: moving image and labels as read and resampled
-TRAIN_BYTES_PER_SAMPLE_VOXEL = {2: 3200, 3: 400}  # activations per transition of a batch, per image voxel
+MB = 1024**2
+BASE = 750 * MB  # the interpreter with torch, MONAI, SimpleITK, the network and the working grid (fit: 700 MB)
+PER_FIXED_VOXEL = 85  # bytes: fixed image, field (float64 x 3), warped image, labels, Jacobian, their writing (fit: 80)
+PER_MOVING_VOXEL = 15  # bytes: moving image and labels as read and resampled (fit: 14)
+TRAIN_BYTES_PER_SAMPLE_VOXEL = {2: 2000, 3: 400}  # activations and allocator overhead per transition and image voxel
 MARGIN = 1.2
 
 
@@ -93,9 +94,10 @@ def training_bytes(
     return BASE + int(buffer_bytes) + int(activations)
 
 
-def check_fits(need: int, what: str, already: int = 0) -> None:
-    """Refuse ``what`` when ``need`` bytes (an estimate of the peak, of which this process holds ``already``), times
-    :data:`MARGIN`, exceed what is available.
+def check_fits(need: int, what: str) -> None:
+    """Refuse ``what`` when the part of ``need`` (an estimate of the peak) this process does not hold yet, times
+    :data:`MARGIN`, exceeds what is available. The process is taken to hold the estimate's :data:`BASE` already (as
+    much of it as it has resident); whatever else it holds does not reduce what the job will allocate.
 
     Raises:
         NotEnoughMemory: naming the job, the estimate and the memory available.
@@ -105,7 +107,7 @@ def check_fits(need: int, what: str, already: int = 0) -> None:
     available = available_bytes()
     if available is None:
         return
-    extra = max(0, need - already)
+    extra = max(0, need - min(resident_bytes(), BASE))
     if extra * MARGIN > available:
         raise NotEnoughMemory(
             f"{what} needs about {need / GB:.1f} GB at its peak ({math.ceil(extra * MARGIN / GB * 10) / 10:.1f} GB "

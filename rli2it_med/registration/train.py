@@ -180,7 +180,7 @@ def _check_memory(cfg: TrainConfig, shape: tuple[int, ...], device: torch.device
         f"{cfg.buffer_episodes} episodes of {cfg.env.max_steps} steps; batch {cfg.batch_size}, {cfg.env_batch} "
         "episodes per round)"
     )
-    memory.check_fits(need, what, already=memory.resident_bytes())
+    memory.check_fits(need, what)
 
 
 def train(
