@@ -272,9 +272,9 @@ class RegistrationTrainer:
     One *epoch* is ``epoch_length`` gradient updates followed by validation and checkpoints (``model.pt`` latest,
     ``best.pt`` by validation GM/WM Dice, ``train_state.pt`` for resuming, ``progress.csv``) in ``output_dir``.
     Training stops after ``max_epochs`` epochs or ``minutes`` of wall clock, whichever comes first; the learning
-    rates follow a cosine over ``minutes``. With ``minutes`` None the budget is the epochs alone, the schedule
-    follows the updates and a killed run resumes exactly (see :mod:`rli2it_med.agent.loop`). Under ``torchrun`` it
-    trains data-parallel (see :mod:`rli2it_med.agent.distributed`).
+    rates follow a cosine over ``minutes``. With ``minutes`` None (``null`` in a config or override) the budget is
+    the epochs alone, the schedule follows the updates and a killed run resumes exactly (see
+    :mod:`rli2it_med.agent.loop`). Under ``torchrun`` it trains data-parallel (see :mod:`rli2it_med.agent.distributed`).
 
     Args:
         network: its agent config, episode length, step bound and grid scale define what is trained.
@@ -313,7 +313,7 @@ class RegistrationTrainer:
         cfg.agent = network.agent.config
         cfg.env.max_steps, cfg.env.max_step, cfg.grid_scale = network.steps, network.max_step, network.grid_scale
         cfg.data, cfg.out, cfg.seed = str(dataset_dir), str(output_dir), int(seed)
-        cfg.minutes = None if minutes in (None, "None", "none", "null") else float(minutes)
+        cfg.minutes = None if minutes in (None, "null", "None") else float(minutes)
         cfg.eval_every, cfg.max_updates = int(epoch_length), int(max_epochs * epoch_length)
         cfg.device = str(device)
         self.config, self.max_epochs = cfg, int(max_epochs)

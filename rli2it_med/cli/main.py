@@ -5,6 +5,8 @@ rli2it train --out runs/brain2d --resume
 rli2it evaluate --model runs/brain2d/best.pt --data data/brain2d --split test
 rli2it register --fixed F.nii.gz --moving M.nrrd --warped-out W.nii.gz --transform-out T.h5
 rli2it register --pairs pairs.csv --out-dir results/
+torchrun --standalone --nproc_per_node=4 -m rli2it register --pairs pairs.csv --out-dir results/
+torchrun --standalone --nproc_per_node=4 -m rli2it train --data data/brain3d --out runs/brain3d_ddp --minutes 60
 rli2it warp --fixed F.nii.gz --moving M_seg.nii.gz --transform T.h5 --out W_seg.nii.gz --nearest
 rli2it jacobian --fixed F.nii.gz --transform T.h5 --out J.nii.gz
 rli2it digits train --out runs/digits --minutes 10
