@@ -57,8 +57,9 @@ def resident_bytes() -> int:
 
 
 def available_bytes() -> int | None:
-    """Memory a new allocation can still get: the smaller of the system's ``MemAvailable`` and what the cgroup
-    limit leaves (cgroup v2 or v1); None where neither is known (then nothing is refused)."""
+    """Memory a new allocation can still get: the smaller of the system's ``MemAvailable`` and what the memory limits
+    of this process's cgroup and its ancestors leave (cgroup v2 or v1: containers, Slurm jobs); None where neither is
+    known (then nothing is refused)."""
     candidates = []
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -66,18 +67,39 @@ def available_bytes() -> int | None:
                 candidates.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError):
         pass
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
-        try:
-            limit = Path(limit_file).read_text().strip()
-            if limit != "max" and int(limit) < 2**60:
-                candidates.append(int(limit) - int(Path(usage_file).read_text().strip()))
-            break
-        except (OSError, ValueError):
-            continue
+    candidates += _cgroup_headroom()
     return min(candidates) if candidates else None
+
+
+def _cgroup_headroom() -> list[int]:
+    """Limit minus usage of every cgroup on this process's path that sets a memory limit."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2
+            root, limit_name, usage_name = Path("/sys/fs/cgroup"), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            root, limit_name, usage_name = (
+                Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes"
+            )  # fmt: skip
+        else:
+            continue
+        folder = root / path.lstrip("/")
+        while True:
+            try:
+                limit = (folder / limit_name).read_text().strip()
+                if limit != "max" and int(limit) < 2**60:
+                    out.append(int(limit) - int((folder / usage_name).read_text().strip()))
+            except (OSError, ValueError):
+                pass
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+    return out
 
 
 def registration_bytes(fixed_voxels: int, moving_voxels: int) -> int:
