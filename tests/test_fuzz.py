@@ -54,6 +54,11 @@ def test_a_corrupted_scan_gives_a_clean_error_naming_it(seeds, suffix, data):
     folder, originals = seeds
     path = folder / f"case{suffix}"
     path.write_bytes(data.draw(corruptions(originals[suffix])))
+    reads_cleanly(path, seconds=5)
+
+
+def reads_cleanly(path, seconds):
+    """A validated image, or one ValueError naming ``path``, within ``seconds``."""
     start = time.perf_counter()
     try:
         img = clinical.read_image(path)
@@ -61,7 +66,7 @@ def test_a_corrupted_scan_gives_a_clean_error_naming_it(seeds, suffix, data):
         assert str(path) in str(e)
     else:
         assert img.GetDimension() in (2, 3) and img.GetNumberOfComponentsPerPixel() == 1
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < seconds
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +98,7 @@ def test_a_dicom_series_with_a_corrupted_slice_gives_a_clean_error_naming_it(ser
     bad = data.draw(st.integers(0, len(series) - 1))
     for k, content in enumerate(series):
         (folder / f"s{k}.dcm").write_bytes(data.draw(corruptions(content)) if k == bad else content)
-    start = time.perf_counter()
-    try:
-        img = clinical.read_image(folder)
-    except ValueError as e:
-        assert str(folder) in str(e)
-    else:
-        assert img.GetDimension() in (2, 3) and img.GetNumberOfComponentsPerPixel() == 1
-    assert time.perf_counter() - start < 15
+    reads_cleanly(folder, seconds=15)
 
 
 def test_a_crashing_dicom_reader_is_a_clean_error(tmp_path, monkeypatch):
