@@ -1,8 +1,9 @@
 """Property-based fuzzing of the scan readers the CLI uses (issue 8, robust loaders): corrupted NIfTI, NRRD,
 MetaImage files and DICOM series (random byte changes in the header or anywhere, truncation, insertion) must give
 one clean ``ValueError`` naming the file, or a validated image; never another exception, a hang or a crash.
-Derandomised, so CI runs the same 1,400 cases every time."""
+Derandomised, so CI runs the same 1,300 cases every time (a DICOM case costs a fresh reader process, 0.4 s)."""
 
+import sys
 import time
 
 import numpy as np
@@ -91,7 +92,7 @@ def series(tmp_path_factory):
     dicom.TIMEOUT_S = limit
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_a_dicom_series_with_a_corrupted_slice_gives_a_clean_error_naming_it(series, tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("dicom_case")
@@ -101,24 +102,14 @@ def test_a_dicom_series_with_a_corrupted_slice_gives_a_clean_error_naming_it(ser
     reads_cleanly(folder, seconds=15)
 
 
-def test_a_crashing_dicom_reader_is_a_clean_error(tmp_path, monkeypatch):
+def test_a_crashing_or_hanging_dicom_reader_is_a_clean_error(tmp_path, monkeypatch):
     """The child process dying (as GDCM might on a corrupt file) or hanging is reported; the caller lives on."""
-    monkeypatch.setattr(dicom, "_read", _crash)
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(dicom, "CHILD", [sys.executable, "-c", crash])
     with pytest.raises(ValueError, match="crashed"):
         dicom.read_series(tmp_path, timeout=20)
-    monkeypatch.setattr(dicom, "_read", _hang)
+    monkeypatch.setattr(dicom, "CHILD", [sys.executable, "-c", "import time; time.sleep(60)"])
     start = time.perf_counter()
     with pytest.raises(ValueError, match="did not finish within 1 s"):
         dicom.read_series(tmp_path, timeout=1)
     assert time.perf_counter() - start < 10
-
-
-def _crash(folder, conn):
-    import os
-    import signal
-
-    os.kill(os.getpid(), signal.SIGSEGV)
-
-
-def _hang(folder, conn):
-    time.sleep(60)
