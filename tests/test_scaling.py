@@ -109,6 +109,13 @@ def test_a_killed_two_process_run_resumes_to_the_weights_of_an_uninterrupted_one
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
 
+    # another number of processes (elastic): the run goes on from the saved state and says it is not exact
+    one = subprocess.run([sys.executable, "-m", "rli2it", "train", "--out", str(part), "--resume", "--max-updates",
+                          "32", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "saved by 2 processes, resumed by 1" in one.stdout and "at update 24," in one.stdout
+    assert torch.load(part / "model.pt", weights_only=True)["updates"] == 32
+
 
 def _kill_all(marker: str) -> None:
     """SIGKILL every process whose command line holds ``marker``, and wait until they are gone (Linux /proc)."""
