@@ -42,11 +42,12 @@ def world_size() -> int:
 
 
 def local_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` -> this process's GPU (``LOCAL_RANK``) when CUDA is present, else CPU. A CUDA device becomes the
-    current one (collectives such as :func:`gather_to_first` communicate through it)."""
-    if device in (None, "auto"):
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
+    """``auto`` (or ``cuda`` without an index) -> this process's GPU (``LOCAL_RANK``) when CUDA is present; ``auto``
+    without CUDA -> CPU. A CUDA device becomes the current one (collectives such as :func:`gather_to_first`
+    communicate through it)."""
+    if device in (None, "auto") and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if device in (None, "auto", "cuda") and torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     device = torch.device(device)
     if device.type == "cuda" and device.index is not None:
