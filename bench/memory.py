@@ -32,6 +32,7 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
+from bench.clinical import oblique  # noqa: E402
 from rli2it_med import clinical, memory  # noqa: E402
 from rli2it_med.registration.synthetic import demo_pair  # noqa: E402
 
@@ -51,15 +52,6 @@ def peak_rss(command: list[str]) -> tuple[int, float]:
     return usage.ru_maxrss * 1024, time.perf_counter() - start
 
 
-def at_spacing(img, spacing: float, nearest: bool = False):
-    size = [round(n * s / spacing) for n, s in zip(img.GetSize(), img.GetSpacing())]
-    ref = sitk.Image(size, img.GetPixelID())
-    ref.SetSpacing([spacing] * 3)
-    ref.SetOrigin(img.GetOrigin())
-    ref.SetDirection(img.GetDirection())
-    return sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
-
-
 def registration_rows(spacings: list[float], folder: Path) -> list[dict]:
     pair = demo_pair(3)
     images = {k: clinical._from_array_and_affine(pair[k] * (1 if "seg" in k else 800), pair["affine"])
@@ -69,7 +61,8 @@ def registration_rows(spacings: list[float], folder: Path) -> list[dict]:
         files = {}
         for k, img in images.items():
             fine = which in k
-            out = at_spacing(img, spacing, "seg" in k) if fine else img
+            grid = ((spacing,) * 3, np.asarray(img.GetDirection()).reshape(3, 3))
+            out = oblique(img, *grid, sitk.sitkNearestNeighbor if "seg" in k else sitk.sitkLinear, 0) if fine else img
             files[k] = folder / f"{k}.nii.gz"
             sitk.WriteImage(sitk.Cast(out, sitk.sitkInt16 if "seg" in k else sitk.sitkFloat32), str(files[k]))
         sizes = {k: sitk.ReadImage(str(files[k])).GetSize() for k in ("fixed", "moving")}
@@ -88,7 +81,7 @@ def registration_rows(spacings: list[float], folder: Path) -> list[dict]:
 
 
 def training_rows(dims: list[int], folder: Path) -> list[dict]:
-    from rli2it_med.registration.train import default_config
+    from rli2it_med.registration.train import default_config, replay_bytes
 
     rows = []
     for dim in dims:
@@ -107,7 +100,7 @@ def training_rows(dims: list[int], folder: Path) -> list[dict]:
             "print(sum(t.numel()*t.element_size() for e in s['episodes'] for t in e['states'].values()))"
         ), str(out / "train_state.pt")], capture_output=True, text=True, check=True).stdout)  # fmt: skip
         samples = cfg.batch_size + cfg.env_batch
-        full = cfg.buffer_episodes * (cfg.env.max_steps + 1) * dim * (voxels // cfg.grid_scale**dim) * 2
+        full = replay_bytes(cfg, tuple(shape))
         rows.append({
             "dims": dim, "shape": shape, "updates": updates, "seconds": seconds, "peak_mb": peak / MB,
             "buffer_mb": buffer / MB, "estimate_mb": memory.training_bytes(dim, voxels, cfg.batch_size,

@@ -2,10 +2,10 @@
 
 GDCM parses whatever bytes a DICOM file holds; on a corrupt file it may raise, but it may also loop for a long time
 or crash the process it runs in. :func:`read_series` therefore reads in a fresh interpreter
-(``python -m rli2it_med.dicom FOLDER OUT.mha``, about 0.3 s more than an in-process read) that hands the volume
-back as a MetaImage file: a crash or a hang ends the child, and the caller gets one ``ValueError``. A fresh
-interpreter, not a forked or spawned ``multiprocessing`` child: those re-import the caller's main script, which in a
-researcher's script without a ``__main__`` guard would run the script again.
+(``python -m rli2it_med.dicom FOLDER OUT.mha``; it costs an interpreter start more than an in-process read) that
+hands the volume back as a MetaImage file: a crash or a hang ends the child, and the caller gets one ``ValueError``.
+A fresh interpreter, not a forked or spawned ``multiprocessing`` child: those re-import the caller's main script,
+which in a researcher's script without a ``__main__`` guard would run the script again.
 """
 
 from __future__ import annotations

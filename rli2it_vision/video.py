@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from rli2it_med.agent import AgentConfig, load_checkpoint, save_checkpoint
+from rli2it_med.agent import AgentConfig, load_checkpoint, loop, save_checkpoint
 from rli2it_med.agent import distributed as ddp
 from rli2it_med.agent.networks import Actor, Planner
 from rli2it_med.io import save_json
@@ -314,11 +314,8 @@ def train_video(cfg: VideoTrainConfig, progress: bool = True) -> dict[str, Any]:
     ``cfg.minutes``; writes ``model.pt`` (loads with :meth:`VideoStylizer.load`). Returns the run's statistics.
     Under ``torchrun`` every process trains on its share of the content images, gradients are averaged and process 0
     alone writes."""
-    rank, world = ddp.rank(), ddp.world_size()
-    device = ddp.local_device(cfg.device)
+    rank, world, device = loop.start_process(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed + rank)
     model, style, image_config = VideoStylizer.from_image_model(cfg.image_model, cfg.hidden)
     model = model.to(device).train()
     model.planner.requires_grad_(False)

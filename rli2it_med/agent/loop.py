@@ -111,9 +111,10 @@ def draw_pairs(
     return pairs.get(indices), indices
 
 
-def start_process(cfg: LoopConfig) -> tuple[int, int, torch.device]:
-    """This process's ``(rank, world size, device)`` (one process, or one of ``torchrun``'s); creates the run folder
-    and seeds torch with ``cfg.seed + rank``. Tasks then give each process its share of the training data
+def start_process(cfg: Any) -> tuple[int, int, torch.device]:
+    """This process's ``(rank, world size, device)`` (one process, or one of ``torchrun``'s) for a run configuration
+    with ``out``, ``seed`` and ``device`` (a :class:`LoopConfig`, or the video GRUs'); creates the run folder and
+    seeds torch with ``cfg.seed + rank``. Tasks then give each process its share of the training data
     (``[rank::world]``), build the SAC with ``grad_reduce=ddp.average_gradients`` and let process 0 alone write."""
     rank, world = ddp.rank(), ddp.world_size()
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from rli2it_med.registration.env import EnvConfig, RegistrationEnv
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label
 from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config, upgrade_config
 
-__all__ = ["TrainConfig", "default_config", "train", "evaluate", "peak_memory_mb"]
+__all__ = ["TrainConfig", "default_config", "train", "evaluate", "peak_memory_mb", "replay_bytes"]
 
 
 @dataclass
@@ -167,13 +167,19 @@ def gm_wm_dice(metrics: dict[str, Any]) -> float:
     return float(np.nanmean(metrics["dice"][:, cols])) if cols else float(np.nanmean(metrics["dice"]))
 
 
+def replay_bytes(cfg: TrainConfig, shape: tuple[int, ...]) -> int:
+    """Bytes of the replay buffer of a run on images of ``shape`` once it is full: every episode's T+1 states, the
+    accumulated field on the episode grid in half precision (plans, rewards and indices are negligible)."""
+    nd = len(shape)
+    return cfg.buffer_episodes * (cfg.env.max_steps + 1) * nd * (math.prod(shape) // cfg.grid_scale**nd) * 2
+
+
 def _check_memory(cfg: TrainConfig, shape: tuple[int, ...], device: torch.device) -> None:
     """Refuse a run whose replay buffer and activations cannot fit (see :mod:`rli2it_med.memory`)."""
     from rli2it_med import memory
 
     voxels = math.prod(shape)
-    state = len(shape) * voxels // cfg.grid_scale ** len(shape) * 2  # the field in half precision
-    buffer = cfg.buffer_episodes * (cfg.env.max_steps + 1) * state
+    buffer = replay_bytes(cfg, shape)
     need = memory.training_bytes(len(shape), voxels, cfg.batch_size, cfg.env_batch, buffer, device.type == "cuda")
     what = (
         f"training on {'x'.join(map(str, shape))} images (replay buffer {buffer / 2**30:.2f} GB: "
