@@ -181,14 +181,19 @@ class StepwiseRegistrationNet(nn.Module):
     def from_checkpoint(
         cls, path: str | Path, steps: int | None = None, map_location: str | torch.device = "cpu"
     ) -> StepwiseRegistrationNet:
-        """Build the network a checkpoint describes and load its weights."""
+        """Build the network a checkpoint describes and load its weights.
+
+        ``steps`` defaults to the checkpoint's: the number of steps with the best validation Dice when training
+        recorded one (``val["steps"]``, :func:`rli2it_med.registration.train.best_steps`), else the trained
+        episode length T.
+        """
         payload = load_checkpoint(path, map_location)
         try:
             cfg = upgrade_config(payload["config"])
             env = EnvConfig(**cfg["env"])
             net = cls(
                 cfg["agent"],
-                env.max_steps if steps is None else steps,
+                (payload.get("val", {}).get("steps") or env.max_steps) if steps is None else steps,
                 env.max_step,
                 cfg.get("grid_scale", 1),
                 env.stop_dice,

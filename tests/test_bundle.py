@@ -211,7 +211,9 @@ def test_torchrun_two_processes_gloo_leave_one_checkpoint(tmp_path, data2d):
     assert payload["updates"] == 4
     plain = Agent(AgentConfig(**payload["config"]["agent"]))
     plain.load_state_dict(payload["state_dict"])
-    assert StepwiseRegistrationNet.from_checkpoint(out / "model.pt").steps == 8
+    assert payload["config"]["env"]["max_steps"] == 8  # trained episode length; inference defaults to the best step
+    assert StepwiseRegistrationNet.from_checkpoint(out / "model.pt").steps == payload["val"]["steps"]
+    assert 1 <= payload["val"]["steps"] <= 8
 
 
 def test_train_kill_resume_continues_from_the_saved_update(tmp_path, data2d):

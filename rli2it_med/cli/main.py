@@ -65,7 +65,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     reg = Registrator.load(args.model, args.device)
     pairs = PairDataset.load(args.data, args.split, args.pairs)
     _, meta = load_dataset(args.data, args.split)
-    metrics = evaluate(reg, pairs, steps=args.steps, limit=args.limit, hd95=not args.no_hd95, progress=not args.quiet)
+    steps = args.steps
+    if args.save_steps and steps is None:
+        steps = int(reg.metadata["config"]["env"]["max_steps"])  # the whole trained episode
+    metrics = evaluate(reg, pairs, steps=steps, limit=args.limit, hd95=not args.no_hd95, progress=not args.quiet)
     summary = summarize(metrics, meta.get("label_names"))
     summary["dice_gm_wm"] = gm_wm_dice(metrics)
     summary["pairs"] = int(len(metrics["dice"]))
@@ -76,6 +79,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
     print("  Dice after each step t: " + " ".join(f"{t}:{d:.3f}" for t, d in enumerate(steps)))
     summary["dice_per_step"] = [float(x) for x in np.asarray(steps)]
+    if args.save_steps:
+        from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
+        from rli2it_med.registration.train import best_steps
+
+        payload = load_checkpoint(args.model)
+        payload.setdefault("val", {})["steps"] = summary["steps"] = best_steps(metrics)
+        save_checkpoint(args.model, payload.pop("config"), payload.pop("state_dict"), **payload)
+        print(f"wrote {args.model}: {summary['steps']} steps by default (best mean Dice on these pairs)")
     if args.json:
         from rli2it_med.io import save_json
 
@@ -599,9 +610,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--pairs", default="template", choices=("template", "subject"))
-    e.add_argument("--steps", type=int, help="agent steps T (default: the trained episode length)")
+    e.add_argument(
+        "--steps", type=int, help="agent steps (default: the model's; with --save-steps the trained episode length)"
+    )
     e.add_argument("--limit", type=int, help="first N pairs only")
     e.add_argument("--no-hd95", action="store_true")
+    e.add_argument(
+        "--save-steps",
+        action="store_true",
+        help="record the number of steps with the best mean Dice on these pairs as MODEL's default (rewrites MODEL; "
+        "use validation pairs, as training does)",
+    )
     e.add_argument("--json", help="also write the summary here")
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int)

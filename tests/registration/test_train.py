@@ -113,3 +113,39 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(data, tmp_p
     assert a["updates"] == b["updates"] == 40
     for name, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][name]), name
+
+
+def test_best_steps_is_the_step_with_the_best_mean_dice():
+    from rli2it_med.registration.train import best_steps
+
+    curves = np.array([[0.5, 0.7, 0.80, 0.79], [0.5, 0.6, 0.72, 0.70]])  # means 0.65, 0.76, 0.745 after steps 1-3
+    assert best_steps({"dice_steps": curves}) == 2
+    assert best_steps({"dice_steps": np.array([[0.5, 0.6, 0.6]])}) == 1  # the first of equals
+    with pytest.raises(ValueError, match="steps 0..T"):
+        best_steps({"dice_steps": np.array([[0.5]])})
+
+
+def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, capsys):
+    from rli2it_med.agent import Agent, save_checkpoint
+    from rli2it_med.api import StepwiseRegistrationNet
+    from rli2it_med.registration.env import EnvConfig
+    from rli2it_med.registration.task import agent_config
+
+    agent = Agent(agent_config(2, channels=(4, 8), critic_channels=(4, 8), plan_dim=8))
+    with torch.no_grad():  # an actor that moves things, so that Dice changes from step to step
+        agent.actor.out.weight.normal_(0, 0.05)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"agent": agent.config.to_dict(), "env": vars(EnvConfig(max_steps=4))}, agent.state_dict())
+    assert StepwiseRegistrationNet.from_checkpoint(path).steps == 4  # no recorded choice: the episode length
+    out = tmp_path / "val.json"
+    args = ["evaluate", "--model", str(path), "--data", str(data), "--split", "val", "--no-hd95", "--quiet"]
+    assert cli([*args, "--save-steps", "--json", str(out)]) == 0
+    summary = io.load_json(out)
+    curve = summary["dice_per_step"]
+    assert len(curve) == 5  # the whole trained episode is scored, t = 0..4
+    assert summary["steps"] == int(np.argmax(curve[1:])) + 1
+    assert StepwiseRegistrationNet.from_checkpoint(path).steps == summary["steps"]
+    assert StepwiseRegistrationNet.from_checkpoint(path, steps=2).steps == 2
+    assert Registrator.load(path, "cpu").net.steps == summary["steps"]
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["actor.out.weight"], agent.actor.out.weight)
+    assert f"{summary['steps']} steps by default" in capsys.readouterr().out
