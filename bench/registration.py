@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     params = count_parameters(reg.agent.planner) + count_parameters(reg.agent.actor)
     rows.append(score("rli2it", ours, test, n, params, warmup=True) | {"train_min": round(rl_minutes, 1)})
 
-    trained_t = reg.env_config.max_steps
+    trained_t = int(reg.metadata.get("config", {}).get("env", {}).get("max_steps", reg.env_config.max_steps))
+    print(f"rli2it: {args.steps or reg.net.steps} steps at test time (episode length in training T = {trained_t})")
     curve = dice_vs_step(reg, test, min(n, 20), max(2 * trained_t, args.steps or 0))
     plot = Path(args.plot or ROOT / f"docs/dice_vs_step_{args.dim}d.png")
     peers = {r["method"]: np.mean([r[f"dice_{v}"] for v in LABELS.values()]) for r in rows if r["method"] != "rli2it"}
