@@ -184,7 +184,7 @@ class StepwiseRegistrationNet(nn.Module):
         """Build the network a checkpoint describes and load its weights.
 
         ``steps`` defaults to the checkpoint's: the number of steps with the best validation Dice when training
-        recorded one (``val["steps"]``, :func:`rli2it_med.registration.train.best_steps`), else the trained
+        recorded one (``val["steps"]``, :func:`rli2it_med.agent.loop.best_step`), else the trained
         episode length T.
         """
         payload = load_checkpoint(path, map_location)

@@ -544,7 +544,7 @@ def train_editing(
 
     def validate() -> dict[str, float]:
         m = evaluate_editing(ImageEditor(agent, cfg.env, device), val)  # all T steps, scored after each
-        steps = 1 + int(np.argmax(m["psnr_steps"][1:]))
+        steps = loop.best_step(m["psnr_steps"])
         seconds = m["seconds_per_image"] * steps / cfg.env.max_steps
         return {
             "psnr": m["psnr_steps"][steps],

@@ -122,6 +122,15 @@ def start_process(cfg: Any) -> tuple[int, int, torch.device]:
     return rank, world, ddp.local_device(cfg.device)
 
 
+def best_step(scores: Any) -> int:
+    """The step t >= 1 with the highest score, given the scores after steps t = 0..T (the first of equals): a trained
+    model's default number of steps, chosen on validation data like an iterative method's stopping time."""
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 1 or len(scores) < 2:
+        raise ValueError(f"need the scores after steps t = 0..T (T >= 1), got an array of shape {scores.shape}")
+    return int(np.argmax(scores[1:])) + 1
+
+
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

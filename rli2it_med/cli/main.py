@@ -81,10 +81,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary["dice_per_step"] = [float(x) for x in np.asarray(steps)]
     if args.save_steps:
         from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
-        from rli2it_med.registration.train import best_steps
+        from rli2it_med.agent.loop import best_step
 
         payload = load_checkpoint(args.model)
-        payload.setdefault("val", {})["steps"] = summary["steps"] = best_steps(metrics)
+        payload.setdefault("val", {})["steps"] = summary["steps"] = best_step(steps)
         save_checkpoint(args.model, payload.pop("config"), payload.pop("state_dict"), **payload)
         print(f"wrote {args.model}: {summary['steps']} steps by default (best mean Dice on these pairs)")
     if args.json:

@@ -167,15 +167,6 @@ def gm_wm_dice(metrics: dict[str, Any]) -> float:
     return float(np.nanmean(metrics["dice"][:, cols])) if cols else float(np.nanmean(metrics["dice"]))
 
 
-def best_steps(metrics: dict[str, Any]) -> int:
-    """The number of steps (1..T) after which the mean Dice over the pairs of :func:`evaluate`'s ``metrics`` is
-    highest (the first of equals): a model's default number of inference steps, chosen on validation pairs."""
-    curve = np.asarray(metrics["dice_steps"]).mean(0)
-    if curve.ndim != 1 or len(curve) < 2:
-        raise ValueError(f"need the Dice after steps 0..T (T >= 1), got an array of shape {curve.shape}")
-    return int(np.argmax(curve[1:])) + 1
-
-
 def replay_bytes(cfg: TrainConfig, shape: tuple[int, ...]) -> int:
     """Bytes of the replay buffer of a run on images of ``shape`` once it is full: every episode's T+1 states, the
     accumulated field on the episode grid in half precision (plans, rewards and indices are negligible)."""
@@ -235,7 +226,8 @@ def train(
     def validate() -> dict[str, float]:  # "steps": the checkpoint's default number of inference steps
         reg = Registrator(agent, cfg.env, device, cfg.grid_scale)
         metrics = evaluate(reg, val_pairs, limit=cfg.val_pairs, batch_size=cfg.env_batch, hd95=False)
-        return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics), "steps": best_steps(metrics)}
+        steps = loop.best_step(metrics["dice_steps"].mean(0))
+        return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics), "steps": steps}
 
     return loop.run_training(
         cfg, agent, sac, env, buffer, _components, validate, model_config(cfg), "dice_gm_wm", "dice", logger, resume,

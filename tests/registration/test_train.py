@@ -115,14 +115,15 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(data, tmp_p
         assert torch.equal(value, b["state_dict"][name]), name
 
 
-def test_best_steps_is_the_step_with_the_best_mean_dice():
-    from rli2it_med.registration.train import best_steps
+def test_best_step_is_the_step_with_the_best_score():
+    from rli2it_med.agent.loop import best_step
 
     curves = np.array([[0.5, 0.7, 0.80, 0.79], [0.5, 0.6, 0.72, 0.70]])  # means 0.65, 0.76, 0.745 after steps 1-3
-    assert best_steps({"dice_steps": curves}) == 2
-    assert best_steps({"dice_steps": np.array([[0.5, 0.6, 0.6]])}) == 1  # the first of equals
-    with pytest.raises(ValueError, match="steps 0..T"):
-        best_steps({"dice_steps": np.array([[0.5]])})
+    assert best_step(curves.mean(0)) == 2
+    assert best_step([0.5, 0.6, 0.6]) == 1  # the first of equals
+    assert best_step([0.9, 0.1, 0.2]) == 2  # never 0 steps, however good the start
+    with pytest.raises(ValueError, match="t = 0..T"):
+        best_step([0.5])
 
 
 def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, capsys):
