@@ -112,6 +112,9 @@ class StepwiseRegistrationNet(nn.Module):
         grid_scale: pooling factor of the episode grid.
         stop_dice: when label maps are given to :meth:`rollout`, a pair stops moving once its Dice reaches this
             (the episode end of agents trained with ``EnvConfig.stop_dice``, e.g. DigitsTransform).
+        coarse_steps: steps run first on the episode grid coarsened twice more (the pair block-averaged by
+            ``2 * grid_scale``); their field, upsampled, starts the ``steps`` steps on the episode grid. A coarse
+            start reaches large displacements a purely local policy misses (``bench/loss_grid.py``).
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class StepwiseRegistrationNet(nn.Module):
         max_step: float = 2.0,
         grid_scale: int = 1,
         stop_dice: float | None = None,
+        coarse_steps: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(agent, dict):
@@ -130,7 +134,10 @@ class StepwiseRegistrationNet(nn.Module):
             raise ValueError(f"grid_scale must be a positive integer, got {grid_scale}")
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        if coarse_steps < 0:
+            raise ValueError(f"coarse_steps must be >= 0, got {coarse_steps}")
         self.steps, self.max_step, self.grid_scale = int(steps), float(max_step), int(grid_scale)
+        self.coarse_steps = int(coarse_steps)
         self.stop_dice = stop_dice
         self.metadata: dict[str, Any] = {}
 
@@ -145,13 +152,26 @@ class StepwiseRegistrationNet(nn.Module):
         steps: int | None = None,
         fixed_seg: torch.Tensor | None = None,
         moving_seg: torch.Tensor | None = None,
+        coarse_steps: int | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the episode on (B, 1, *S) tensors; return ``Phi_T`` on the input grid and ``Phi_t`` (t = 0..T) on the
-        episode grid. Label maps matter only with ``stop_dice`` (pairs stop once their Dice reaches it)."""
+        episode grid (``Phi_0``: the coarse steps' field, zero without them). Label maps matter only with
+        ``stop_dice`` (pairs stop once their Dice reaches it)."""
         steps = self.steps if steps is None else int(steps)
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        coarse_steps = self.coarse_steps if coarse_steps is None else int(coarse_steps)
+        if steps < 0 or coarse_steps < 0:
+            raise ValueError(f"steps and coarse_steps must be >= 0, got {steps}, {coarse_steps}")
         scale = self.grid_scale
+        grid = tuple(downsample_image(fixed[:1, :1], scale).shape[2:])
+        start = None
+        if coarse_steps:
+            field = self._episode(fixed, moving, 2 * scale, coarse_steps, fixed_seg, moving_seg)[-1]
+            start = upsample_field(field, 2, grid)
+        fields = self._episode(fixed, moving, scale, steps, fixed_seg, moving_seg, start)
+        return upsample_field(fields[-1], scale, tuple(fixed.shape[2:])), fields
+
+    def _episode(self, fixed, moving, scale, steps, fixed_seg, moving_seg, start=None) -> list[torch.Tensor]:
+        """``steps`` steps on the pair block-averaged by ``scale``, from the field ``start``; Phi_t, t = 0..steps."""
         stop = self.stop_dice is not None and fixed_seg is not None and moving_seg is not None
         env_config = EnvConfig(
             max_steps=max(steps, 1),
@@ -162,13 +182,13 @@ class StepwiseRegistrationNet(nn.Module):
         env = RegistrationEnv(env_config, device=fixed.device)
         segs = (downsample_labels(fixed_seg, scale), downsample_labels(moving_seg, scale)) if stop else (None, None)
         coarse = Pair(downsample_image(fixed, scale), downsample_image(moving, scale), *segs)
-        obs, info = env.reset(options={"pair": coarse})
+        obs, info = env.reset(options={"pair": coarse, "field": start})
         fields = [info["field"]]
         for _ in range(steps):
             _, action, _ = self.agent.act(obs, deterministic=True)
             obs, _, _, _, info = env.step(action)
             fields.append(info["field"])
-        return upsample_field(fields[-1], scale, tuple(fixed.shape[2:])), fields
+        return fields
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.ndim != self.spatial_dims + 2 or image.shape[1] != 2:
@@ -185,7 +205,8 @@ class StepwiseRegistrationNet(nn.Module):
 
         ``steps`` defaults to the checkpoint's: the number of steps with the best validation Dice when training
         recorded one (``val["steps"]``, :func:`rli2it_med.agent.loop.best_step`), else the trained
-        episode length T.
+        episode length T; ``coarse_steps`` is the checkpoint's ``val["coarse_steps"]`` (0 when absent), as
+        ``rli2it evaluate --split val --save-steps`` records them.
         """
         payload = load_checkpoint(path, map_location)
         try:
@@ -199,6 +220,7 @@ class StepwiseRegistrationNet(nn.Module):
                 env.stop_dice,
             )
             net.agent.load_state_dict(payload["state_dict"])
+            net.coarse_steps = int(payload.get("val", {}).get("coarse_steps", 0))
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
         net.metadata = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -259,6 +281,7 @@ class Registrator:
         """The registrator of a :class:`StepwiseRegistrationNet` (same agent, episode length and grid)."""
         env = EnvConfig(max_steps=net.steps, max_step=net.max_step, stop_dice=net.stop_dice)
         reg = cls(net.agent, env, device, net.grid_scale)
+        reg.net.coarse_steps = net.coarse_steps
         reg.metadata = net.metadata
         return reg
 
@@ -280,14 +303,17 @@ class Registrator:
         fixed_seg: Any | None = None,
         moving_seg: Any | None = None,
         keep_steps: bool = False,
+        coarse_steps: int | None = None,
     ) -> RegistrationResult:
-        """Register ``moving`` onto ``fixed`` in ``steps`` steps (default: the trained episode length).
+        """Register ``moving`` onto ``fixed`` in ``steps`` steps (default: the model's).
 
         Args:
             fixed, moving: arrays or tensors of shape S, (1, *S) or (B, 1, *S), intensities roughly in [0, 1].
             steps: number of agent steps T.
             fixed_seg, moving_seg: optional label maps of the same shape; give both to get the Dice trajectory.
             keep_steps: also return the accumulated field after every step.
+            coarse_steps: steps first run on a grid twice coarser (default: the model's, see
+                :class:`StepwiseRegistrationNet`); the trajectory then starts from their field.
         """
         nd = self.spatial_dims
         layout = _Layout(fixed, nd, "fixed")
@@ -304,7 +330,7 @@ class Registrator:
         scale, shape = self.grid_scale, tuple(pair.fixed.shape[2:])
 
         start = time.perf_counter()
-        field, fields = self.net.rollout(pair.fixed, pair.moving, steps, pair.fixed_seg, pair.moving_seg)
+        field, fields = self.net.rollout(pair.fixed, pair.moving, steps, pair.fixed_seg, pair.moving_seg, coarse_steps)
         warped = warp(pair.moving, field)
         warped_seg = None if pair.moving_seg is None else warp(pair.moving_seg, field, mode="nearest")
         if self.device.type == "cuda":

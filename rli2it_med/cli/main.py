@@ -51,6 +51,13 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_COARSE_STEPS = 4  # evaluate --save-steps tries 0..4 coarse steps
+
+
+def _curve(values) -> str:
+    return " ".join(f"{t}:{d:.3f}" for t, d in enumerate(values))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -65,28 +72,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     reg = Registrator.load(args.model, args.device)
     pairs = PairDataset.load(args.data, args.split, args.pairs)
     _, meta = load_dataset(args.data, args.split)
-    steps = args.steps
-    if args.save_steps and steps is None:
-        steps = int(reg.metadata["config"]["env"]["max_steps"])  # the whole trained episode
-    metrics = evaluate(reg, pairs, steps=steps, limit=args.limit, hd95=not args.no_hd95, progress=not args.quiet)
-    summary = summarize(metrics, meta.get("label_names"))
-    summary["dice_gm_wm"] = gm_wm_dice(metrics)
-    summary["pairs"] = int(len(metrics["dice"]))
-    steps = metrics["dice_steps"].mean(0)
-    print(f"{args.model} on {args.data} [{args.split}, {args.pairs} pairs, n={summary['pairs']}]")
-    width = max(len(k) for k in summary)
-    for k, v in summary.items():
-        print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
-    print("  Dice after each step t: " + " ".join(f"{t}:{d:.3f}" for t, d in enumerate(steps)))
-    summary["dice_per_step"] = [float(x) for x in np.asarray(steps)]
+    if args.coarse_steps is not None:
+        reg.net.coarse_steps = args.coarse_steps
+    steps, chosen = args.steps, {}
     if args.save_steps:
         from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
         from rli2it_med.agent.loop import best_step
 
+        trained = args.steps or int(reg.metadata["config"]["env"]["max_steps"])  # the whole trained episode
+        curves = {}
+        for k in [args.coarse_steps] if args.coarse_steps is not None else range(MAX_COARSE_STEPS + 1):
+            reg.net.coarse_steps = k
+            m = evaluate(reg, pairs, steps=trained, limit=args.limit, hd95=False, progress=not args.quiet)
+            curves[k] = m["dice_steps"].mean(0)
+            print(f"  {k} coarse steps, then Dice after each step t: " + _curve(curves[k]))
+        coarse = max(curves, key=lambda k: curves[k][1:].max())  # the first of equals: fewer coarse steps
+        chosen = {"coarse_steps": coarse, "steps": best_step(curves[coarse])}
         payload = load_checkpoint(args.model)
-        payload.setdefault("val", {})["steps"] = summary["steps"] = best_step(steps)
+        payload.setdefault("val", {}).update(chosen)
         save_checkpoint(args.model, payload.pop("config"), payload.pop("state_dict"), **payload)
-        print(f"wrote {args.model}: {summary['steps']} steps by default (best mean Dice on these pairs)")
+        print(f"wrote {args.model}: {coarse} coarse steps and {chosen['steps']} steps by default (best mean Dice)")
+        reg.net.coarse_steps, steps = coarse, chosen["steps"]
+    metrics = evaluate(reg, pairs, steps=steps, limit=args.limit, hd95=not args.no_hd95, progress=not args.quiet)
+    summary = summarize(metrics, meta.get("label_names"))
+    summary["dice_gm_wm"] = gm_wm_dice(metrics)
+    summary["pairs"] = int(len(metrics["dice"]))
+    summary["coarse_steps"] = reg.net.coarse_steps
+    curve = metrics["dice_steps"].mean(0)
+    print(f"{args.model} on {args.data} [{args.split}, {args.pairs} pairs, n={summary['pairs']}]")
+    width = max(len(k) for k in summary)
+    for k, v in summary.items():
+        print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+    after = f" (after {reg.net.coarse_steps} coarse steps)" if reg.net.coarse_steps else ""
+    print(f"  Dice after each step t{after}: " + _curve(curve))
+    summary["dice_per_step"] = [float(x) for x in np.asarray(curve)]
+    summary |= chosen
     if args.json:
         from rli2it_med.io import save_json
 
@@ -615,11 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--limit", type=int, help="first N pairs only")
     e.add_argument("--no-hd95", action="store_true")
+    e.add_argument("--coarse-steps", type=int, help="steps first run on a grid twice coarser (default: the model's)")
     e.add_argument(
         "--save-steps",
         action="store_true",
-        help="record the number of steps with the best mean Dice on these pairs as MODEL's default (rewrites MODEL; "
-        "use validation pairs, as training does)",
+        help="record the numbers of coarse steps (0-4, unless --coarse-steps) and steps with the best mean Dice on "
+        "these pairs as MODEL's defaults (rewrites MODEL; use validation pairs)",
     )
     e.add_argument("--json", help="also write the summary here")
     e.add_argument("--device", default="auto")

@@ -91,7 +91,8 @@ class RegistrationEnv:
         Args:
             seed: reseeds the pair sampler.
             options: ``{"pair": Pair}`` to register given images, or ``{"indices": [...]}`` to pick pairs of
-                ``self.pairs``; otherwise ``batch_size`` pairs are drawn at random.
+                ``self.pairs``; otherwise ``batch_size`` pairs are drawn at random. ``"field"``: the accumulated
+                field Phi_0 to start from (B, ndim, *S), zero by default.
 
         Returns:
             ``(observation (B, 2, *S), info)``.
@@ -114,21 +115,31 @@ class RegistrationEnv:
         else:
             fixed_seg, moving_seg = pair.fixed_seg, pair.moving_seg
             label_values = self._label_values(fixed_seg)
-        field = torch.zeros((pair.fixed.shape[0], pair.fixed.ndim - 2, *pair.fixed.shape[2:]), device=self.device)
+        shape = (pair.fixed.shape[0], pair.fixed.ndim - 2, *pair.fixed.shape[2:])
+        field = (options or {}).get("field")
+        warped, warped_seg = pair.moving, moving_seg
+        if field is None:
+            field = torch.zeros(shape, device=self.device)
+        else:
+            if tuple(field.shape) != shape:
+                raise ValueError(f"the initial field must have shape {shape}, got {tuple(field.shape)}")
+            field = field.to(self.device, torch.float32)
+            warped = warp(pair.moving, field)
+            warped_seg = None if moving_seg is None else warp(moving_seg, field, mode="nearest")
         self._state = {
             "pair": pair,
             "fixed_seg": fixed_seg,
             "moving_seg": moving_seg,
             "label_values": label_values,
             "field": field,
-            "warped": pair.moving,
-            "warped_seg": moving_seg,
+            "warped": warped,
+            "warped_seg": warped_seg,
             "t": 0,
             "indices": indices,
             "bonus_paid": torch.zeros(pair.fixed.shape[0], dtype=torch.bool, device=self.device),
             "done": torch.zeros(pair.fixed.shape[0], dtype=torch.bool, device=self.device),
         }
-        self._state["dice"] = self._dice(moving_seg, fixed_seg, label_values, pair.fixed.shape[0])
+        self._state["dice"] = self._dice(warped_seg, fixed_seg, label_values, pair.fixed.shape[0])
         if self.config.stop_dice is not None and label_values:
             self._state["done"] = self._state["dice"] >= self.config.stop_dice  # pairs that start at the goal stay
         return self.observation(), self._info()

@@ -137,16 +137,52 @@ def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, ca
         agent.actor.out.weight.normal_(0, 0.05)
     path = tmp_path / "model.pt"
     save_checkpoint(path, {"agent": agent.config.to_dict(), "env": vars(EnvConfig(max_steps=4))}, agent.state_dict())
-    assert StepwiseRegistrationNet.from_checkpoint(path).steps == 4  # no recorded choice: the episode length
+    net = StepwiseRegistrationNet.from_checkpoint(path)
+    assert (net.steps, net.coarse_steps) == (4, 0)  # no recorded choice: the episode length, no coarse steps
+
+    # what the choice must be: the (coarse steps, steps) of the best mean validation Dice, whole episodes scored
+    reg, val = Registrator.load(path, "cpu"), PairDataset.load(data, "val")
+    best = (-1.0, None)
+    for k in range(5):
+        reg.net.coarse_steps = k
+        curve = evaluate(reg, val, steps=4, hd95=False)["dice_steps"].mean(0)
+        if curve[1:].max() > best[0]:
+            best = (curve[1:].max(), (k, int(np.argmax(curve[1:])) + 1))
+
     out = tmp_path / "val.json"
     args = ["evaluate", "--model", str(path), "--data", str(data), "--split", "val", "--no-hd95", "--quiet"]
     assert cli([*args, "--save-steps", "--json", str(out)]) == 0
     summary = io.load_json(out)
-    curve = summary["dice_per_step"]
-    assert len(curve) == 5  # the whole trained episode is scored, t = 0..4
-    assert summary["steps"] == int(np.argmax(curve[1:])) + 1
-    assert StepwiseRegistrationNet.from_checkpoint(path).steps == summary["steps"]
+    assert (summary["coarse_steps"], summary["steps"]) == best[1]
+    assert np.isclose(summary["dice_per_step"][-1], best[0])  # the printed scores are those of the chosen setting
+    net = StepwiseRegistrationNet.from_checkpoint(path)
+    assert (net.coarse_steps, net.steps) == best[1]
     assert StepwiseRegistrationNet.from_checkpoint(path, steps=2).steps == 2
     assert Registrator.load(path, "cpu").net.steps == summary["steps"]
+    assert Registrator.load(path, "cpu").net.coarse_steps == summary["coarse_steps"]
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["actor.out.weight"], agent.actor.out.weight)
-    assert f"{summary['steps']} steps by default" in capsys.readouterr().out
+    assert "steps by default" in capsys.readouterr().out
+
+
+def test_coarse_steps_start_the_episode_from_their_field(data):
+    """k coarse steps then t steps: the trajectory starts (Phi_0) from the coarse steps' field, upsampled."""
+    from rli2it_med.agent import Agent
+    from rli2it_med.api import StepwiseRegistrationNet
+    from rli2it_med.registration.task import agent_config
+
+    torch.manual_seed(0)
+    agent = Agent(agent_config(2, channels=(4, 8), critic_channels=(4, 8), plan_dim=8))
+    with torch.no_grad():
+        agent.actor.out.weight.normal_(0, 0.05)
+    net = StepwiseRegistrationNet(agent, steps=2).eval()
+    pair = PairDataset.load(data, "val").get([0, 1])
+    with torch.no_grad():
+        plain, plain_fields = net.rollout(pair.fixed, pair.moving)
+        field, fields = net.rollout(pair.fixed, pair.moving, coarse_steps=2)
+        half = StepwiseRegistrationNet(agent, steps=2, grid_scale=2).eval()
+        coarse, _ = half.rollout(pair.fixed, pair.moving)  # the same two steps on the grid twice coarser
+    assert plain_fields[0].abs().max() == 0 and len(fields) == 3
+    torch.testing.assert_close(fields[0], coarse, atol=0, rtol=0)
+    assert not torch.allclose(field, plain)
+    with pytest.raises(ValueError, match="coarse_steps"):
+        net.rollout(pair.fixed, pair.moving, coarse_steps=-1)
