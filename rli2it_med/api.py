@@ -25,7 +25,7 @@ from rli2it_med.agent.checkpoint import load_checkpoint
 from rli2it_med.agent.networks import Agent, AgentConfig
 from rli2it_med.registration.data import Pair
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
-from rli2it_med.registration.grid import downsample_image, downsample_labels, upsample_field
+from rli2it_med.registration.grid import coarse_shape, downsample_image, downsample_labels, upsample_field
 from rli2it_med.registration.rewards import mean_dice
 from rli2it_med.registration.task import upgrade_config
 from rli2it_med.registration.warp import warp
@@ -162,7 +162,7 @@ class StepwiseRegistrationNet(nn.Module):
         if steps < 0 or coarse_steps < 0:
             raise ValueError(f"steps and coarse_steps must be >= 0, got {steps}, {coarse_steps}")
         scale = self.grid_scale
-        grid = tuple(downsample_image(fixed[:1, :1], scale).shape[2:])
+        grid = coarse_shape(tuple(fixed.shape[2:]), scale)
         start = None
         if coarse_steps:
             field = self._episode(fixed, moving, 2 * scale, coarse_steps, fixed_seg, moving_seg)[-1]

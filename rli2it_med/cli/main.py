@@ -281,7 +281,7 @@ def _digits_evaluate(args: argparse.Namespace) -> int:
     print("  digit  " + " ".join(f"{d:>6}" for d in range(10)) + "    mean")
     for name, key in (("before", "dice_initial_per_digit"), ("after", "dice_per_digit")):
         print(f"  {name:<6} " + " ".join(f"{v:6.3f}" for v in m[key]) + f"  {m[key].mean():6.3f}")
-    print("  Dice after each step t: " + " ".join(f"{t}:{d:.3f}" for t, d in enumerate(m["dice_steps"])))
+    print("  Dice after each step t: " + _curve(m["dice_steps"]))
     print(f"  folding {m['folding_percent']:.3f} %, {1000 * m['seconds_per_pair']:.2f} ms per pair")
     if args.json:
         from rli2it_med.io import save_json
