@@ -281,15 +281,21 @@ AFFINE_SPACING = 4.0
 def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
     """Rigid then affine registration by Mattes mutual information on images resampled to ``AFFINE_SPACING`` mm
     (two pyramid levels, twice that and that); returns the affine transform mapping fixed-space points to
-    moving-space points. The agent corrects what an affine fit at that scale leaves."""
+    moving-space points. The agent corrects what an affine fit at that scale leaves.
+
+    The same ``seed`` (>= 0) gives the same transform: ITK's regular sampling jitters its points at random, and reads
+    a seed of 0 as "the wall clock", so the sampler gets ``seed + 1``.
+    """
     sitk = _sitk()
     nd = fixed.GetDimension()
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
 
     def run(initial: Any, iterations: int) -> Any:
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-        reg.SetMetricSamplingStrategy(reg.REGULAR)  # deterministic (RANDOM varies with thread scheduling)
-        reg.SetMetricSamplingPercentage(0.2, seed)
+        reg.SetMetricSamplingStrategy(reg.REGULAR)  # a jittered grid (RANDOM varies with thread scheduling)
+        reg.SetMetricSamplingPercentage(0.2, seed + 1)  # ITK's seed 0 is sitkWallClock
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0, minStep=1e-3, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
