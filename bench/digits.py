@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         | {"train_min": round(rl_minutes, 1), "train_iters": updates, "best_at_min": reg.metadata.get("train_minutes")}
     )
     curve = torch.cat(dice_steps)[-len(test) :].mean(0).numpy()  # the last len(test) rows: after the warm-up call
-    trained_t = reg.env_config.max_steps
+    trained_t = reg.trained_steps
     peers = {r["method"]: r["dice_mean"] for r in rows if r["method"] != "rli2it"}
     title = f"DigitsTransform, MNIST {args.mode}-digit test pairs (n={len(test)})"
     plot_curve(curve, peers, Path(args.plot), trained_t, title, "mean Dice of the digit masks")

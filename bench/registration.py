@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="dataset folder (default data/brain{dim}d)")
     parser.add_argument("--model", help="rli2it checkpoint (default runs/brain{dim}d/best.pt)")
     parser.add_argument("--pairs", type=int, help="test pairs (default: all; --quick: 5)")
-    parser.add_argument("--steps", type=int, help="rli2it steps at test time (default: the trained T)")
+    parser.add_argument("--steps", type=int, help="rli2it steps at test time (default: the model's)")
+    parser.add_argument("--coarse-steps", type=int, help="rli2it coarse steps first (default: the model's)")
     parser.add_argument("--vm-minutes", type=float, help="VoxelMorph training budget (default: rli2it's)")
     parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: syn demons voxelmorph")
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     train = PairDataset.load(data, "train", "template")
     n = min(args.pairs or (5 if args.quick else len(test)), len(test))
     reg = Registrator.load(model, "cpu")
+    if args.coarse_steps is not None:
+        reg.net.coarse_steps = args.coarse_steps
     rl_minutes = float(reg.metadata.get("train_minutes", 0.0))
     vm_minutes = args.vm_minutes if args.vm_minutes is not None else (1.0 if args.quick else rl_minutes)
     spacing = tuple(test.spacing)
@@ -235,8 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     params = count_parameters(reg.agent.planner) + count_parameters(reg.agent.actor)
     rows.append(score("rli2it", ours, test, n, params, warmup=True) | {"train_min": round(rl_minutes, 1)})
 
-    trained_t = int(reg.metadata.get("config", {}).get("env", {}).get("max_steps", reg.env_config.max_steps))
-    print(f"rli2it: {args.steps or reg.net.steps} steps at test time (episode length in training T = {trained_t})")
+    trained_t = reg.trained_steps
+    print(
+        f"rli2it: {reg.net.coarse_steps} coarse steps, then {args.steps or reg.net.steps} steps at test time (episode "
+        f"length in training T = {trained_t})"
+    )
     curve = dice_vs_step(reg, test, min(n, 20), max(2 * trained_t, args.steps or 0))
     plot = Path(args.plot or ROOT / f"docs/dice_vs_step_{args.dim}d.png")
     peers = {r["method"]: np.mean([r[f"dice_{v}"] for v in LABELS.values()]) for r in rows if r["method"] != "rli2it"}

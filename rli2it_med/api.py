@@ -294,6 +294,11 @@ class Registrator:
     def spatial_dims(self) -> int:
         return self.agent.config.spatial_dims
 
+    @property
+    def trained_steps(self) -> int:
+        """The episode length T of the model's training (from its checkpoint), else the default number of steps."""
+        return int(self.metadata.get("config", {}).get("env", {}).get("max_steps", self.env_config.max_steps))
+
     @torch.no_grad()
     def register(
         self,

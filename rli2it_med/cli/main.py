@@ -79,7 +79,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
         from rli2it_med.agent.loop import best_step
 
-        trained = args.steps or int(reg.metadata["config"]["env"]["max_steps"])  # the whole trained episode
+        trained = args.steps or reg.trained_steps  # the whole trained episode
         curves = {}
         for k in [args.coarse_steps] if args.coarse_steps is not None else range(MAX_COARSE_STEPS + 1):
             reg.net.coarse_steps = k

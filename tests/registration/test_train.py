@@ -160,6 +160,7 @@ def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, ca
     assert StepwiseRegistrationNet.from_checkpoint(path, steps=2).steps == 2
     assert Registrator.load(path, "cpu").net.steps == summary["steps"]
     assert Registrator.load(path, "cpu").net.coarse_steps == summary["coarse_steps"]
+    assert Registrator.load(path, "cpu").trained_steps == 4  # the episode length still reads as trained
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["actor.out.weight"], agent.actor.out.weight)
     assert "steps by default" in capsys.readouterr().out
 
