@@ -2,7 +2,9 @@
 
 A transition's next state is the following transition's state, so an episode of T steps stores T+1 states,
 not 2T. States are stored as whatever compact components the task chooses (for registration: the pair index
-and the accumulated field in half precision), and the task rebuilds observations from them.
+and the accumulated field in half precision), and the task rebuilds observations from them. Episodes whose
+components differ in shape (e.g. registration episodes on two grids) may share the buffer: a batch draws from one
+shape at a time, that shape with probability proportional to its number of transitions.
 """
 
 from __future__ import annotations
@@ -110,6 +112,10 @@ class EpisodeReplayBuffer:
         if not self._episodes:
             raise RuntimeError("cannot sample from an empty replay buffer")
         lengths = torch.tensor([len(e["rewards"]) for e in self._episodes], dtype=torch.float)
+        shapes = [_shapes(e) for e in self._episodes]
+        if len(set(shapes)) > 1:  # one shape per batch, drawn by its share of the transitions
+            chosen = shapes[int(torch.multinomial(lengths, 1, generator=generator))]
+            lengths = lengths * torch.tensor([s == chosen for s in shapes], dtype=torch.float)
         ep_idx = torch.multinomial(lengths, batch_size, replacement=True, generator=generator)
         t_idx = (torch.rand(batch_size, generator=generator) * lengths[ep_idx]).long()
         eps = [self._episodes[i] for i in ep_idx.tolist()]
@@ -127,3 +133,8 @@ class EpisodeReplayBuffer:
             return torch.stack([e[name][t] for e, t in zip(eps, ts)]).to(device)
 
         return ReplayBatch(gather(0), gather(1), pick("plans"), pick("rewards"), pick("dones"))
+
+
+def _shapes(episode: dict) -> tuple:
+    """The shapes of an episode's state components (a replayed batch stacks states of one shape)."""
+    return tuple((k, tuple(v.shape[1:])) for k, v in episode["states"].items())

@@ -144,6 +144,7 @@ def collect(
     random_plans: bool,
     components: Callable[[dict], dict[str, torch.Tensor]],
     score: str,
+    options: dict | None = None,
 ) -> dict[str, float]:
     """Run one batch of episodes of ``env`` (reset/step) and store them.
 
@@ -151,11 +152,12 @@ def collect(
         components: the compact state components of an ``info`` dict (e.g. ``{"field": info["field"]}``); the pair
             ``"index"`` of the episode is added.
         score: the ``info`` entry whose mean is reported before and after (``"dice"``, ``"psnr"``).
+        options: passed to ``env.reset`` (e.g. the pairs and the initial state).
 
     Returns:
         the mean ``score`` at the start and the end, and the mean return.
     """
-    obs, info = env.reset()
+    obs, info = env.reset(options=options)
     states, plans, rewards, dones = [components(info)], [], [], []
     initial = info[score].mean().item()
     for _ in range(env.config.max_steps):
@@ -192,6 +194,7 @@ def run_training(
     resume: bool = False,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    collect_round: Callable[[bool], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train ``agent`` until the budget or ``max_updates``; return the last validation summary and run statistics.
 
@@ -203,6 +206,9 @@ def run_training(
         score: the validation summary's entry that ranks checkpoints (``best.pt``).
         info_score: the environment's ``info`` entry reported before and after each collection round.
         extra: more entries for ``model.pt`` and ``best.pt`` (e.g. a style model's style image).
+        collect_round: collects a round's episodes into ``buffer`` given whether plans are random (bootstrap) and
+            returns what to log; default :func:`collect` on ``env``. Its pair draws must come from ``env._rng``
+            (saved for resume).
     """
     rank, world = ddp.rank(), ddp.world_size()
     writer = rank == 0
@@ -299,7 +305,11 @@ def run_training(
         go, progress_fraction = keep_going()
         if not go:
             break
-        stats = collect(env, agent, buffer, state["rounds"] < cfg.bootstrap_rounds, components, info_score)
+        random_plans = state["rounds"] < cfg.bootstrap_rounds
+        if collect_round is None:
+            stats = collect(env, agent, buffer, random_plans, components, info_score)
+        else:
+            stats = collect_round(random_plans)
         for k, v in stats.items():
             logger.record(f"rollout/{k}", v)
         state["rounds"] += 1

@@ -47,6 +47,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg.pairs = args.pairs
     if args.reward is not None:
         cfg.env.reward = args.reward
+    if args.coarse_steps is not None:
+        cfg.coarse_steps = args.coarse_steps
     _report(train(cfg, resume=args.resume, progress=not args.quiet))
     return 0
 
@@ -622,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reward",
         choices=("auto", "labels", "pseudo"),
         help="Dice reward on the label maps, or on k-means pseudo-segmentations (the paper's unsupervised mode)",
+    )
+    t.add_argument(
+        "--coarse-steps", type=int, help="every episode starts with this many steps on a grid twice coarser (default 0)"
     )
     t.set_defaults(func=_train)
 

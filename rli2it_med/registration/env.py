@@ -180,6 +180,13 @@ class RegistrationEnv:
         truncated = torch.full((batch,), st["t"] >= cfg.max_steps, dtype=torch.bool, device=self.device)
         return self.observation(), reward, terminated, truncated, self._info()
 
+    @property
+    def field(self) -> torch.Tensor:
+        """The accumulated field Phi_t (B, ndim, *S) of the current episode."""
+        if not self._state:
+            raise RuntimeError("call reset() before reading the field")
+        return self._state["field"]
+
     def observation(self) -> torch.Tensor:
         """Current state ``concat(F, M_t)``, shape (B, 2, *S)."""
         return torch.cat([self._state["pair"].fixed, self._state["warped"]], dim=1)

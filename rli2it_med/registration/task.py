@@ -74,48 +74,67 @@ class RegistrationTask:
     also uses); the auxiliary loss compares the images at their own resolution, the composed field upsampled
     (at 2 mm a loss on the 4 mm images caps Dice well below SyN: ``bench/loss_grid.py``, docs/benchmarks.md).
     Replayed state components: ``"index"`` (pair index) and ``"field"`` (Phi_t on the state grid, stored in half
-    precision by the buffer).
+    precision by the buffer). With ``coarse``, replayed states may also be on the grid twice coarser
+    (``self.coarse_pairs``, where coarse steps run); the field's shape tells which.
 
     Args:
         pairs: training pairs on the image grid.
         loss: auxiliary loss options.
         device: where the batches are computed.
         grid_scale: coarsening of the state grid.
+        coarse: also rebuild states of the grid ``2 * grid_scale`` (coarse-step episodes).
     """
 
     def __init__(
-        self, pairs: PairDataset, loss: LossConfig, device: torch.device | str = "cpu", grid_scale: int = 1
+        self,
+        pairs: PairDataset,
+        loss: LossConfig,
+        device: torch.device | str = "cpu",
+        grid_scale: int = 1,
+        coarse: bool = False,
     ) -> None:
         self.image_pairs = pairs
         self.pairs = pairs.coarsen(grid_scale)
+        self.coarse_pairs = pairs.coarsen(2 * grid_scale) if coarse else None
         self.grid_scale = grid_scale
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)
         self.device = torch.device(device)
-        self._cached: tuple[ReplayBatch, Pair, Pair] | None = None
+        self._cached: tuple[ReplayBatch, Pair, Pair, int] | None = None
 
-    def _pairs(self, batch: ReplayBatch) -> tuple[Pair, Pair]:
-        """The batch's pairs on the state grid and on the image grid, fetched once per batch."""
+    def _grid(self, field: torch.Tensor) -> tuple[PairDataset, int]:
+        """The pairs on the grid of a replayed field, and that grid's scale."""
+        shape = tuple(field.shape[2:])
+        if shape == self.pairs.spatial_shape:
+            return self.pairs, self.grid_scale
+        if self.coarse_pairs is not None and shape == self.coarse_pairs.spatial_shape:
+            return self.coarse_pairs, 2 * self.grid_scale
+        grids = [self.pairs.spatial_shape] + ([self.coarse_pairs.spatial_shape] if self.coarse_pairs else [])
+        raise ValueError(f"a replayed field of grid {shape} fits none of this task's grids {grids}")
+
+    def _pairs(self, batch: ReplayBatch) -> tuple[Pair, Pair, int]:
+        """The batch's pairs on its state grid and on the image grid, and the grid's scale; fetched once per batch."""
         if self._cached is None or self._cached[0] is not batch:
             index = batch.state["index"].cpu()
-            states = self.pairs.get(index).to(self.device)
-            images = states if self.grid_scale == 1 else self.image_pairs.get(index).to(self.device)
-            self._cached = (batch, states, images)
-        return self._cached[1], self._cached[2]
+            grid, scale = self._grid(batch.state["field"])
+            states = grid.get(index).to(self.device)
+            images = states if scale == 1 else self.image_pairs.get(index).to(self.device)
+            self._cached = (batch, states, images, scale)
+        return self._cached[1:]
 
     def observations(self, batch: ReplayBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        pair, _ = self._pairs(batch)
+        pair, _, _ = self._pairs(batch)
         obs = torch.cat([pair.fixed, warp(pair.moving, batch.state["field"])], dim=1)
         next_obs = torch.cat([pair.fixed, warp(pair.moving, batch.next_state["field"])], dim=1)
         return obs, next_obs
 
     def auxiliary_loss(self, agent: Agent, batch: ReplayBatch, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        _, images = self._pairs(batch)
+        _, images, scale = self._pairs(batch)
         out = agent.planner(obs)
         dist = out.distribution()
         field = compose(batch.state["field"], agent.actor(dist.rsample(), out.skips))
         shape = tuple(images.fixed.shape[2:])
-        image_field = upsample_field(field, self.grid_scale, shape)
+        image_field = upsample_field(field, scale, shape)
         fixed, origin = images.fixed, None
         if self.loss_config.crop:
             origin, block = self._crop(shape)

@@ -8,7 +8,7 @@ The loop (rounds of collection and SAC updates, validation, checkpoints, resume)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +23,7 @@ from rli2it_med.api import Registrator
 from rli2it_med.io import save_json
 from rli2it_med.registration.data import PairDataset
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
+from rli2it_med.registration.grid import upsample_field
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label
 from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config, upgrade_config
 
@@ -39,6 +40,10 @@ class TrainConfig(LoopConfig):
         grid_scale: episodes run on the images block-averaged by this factor (labels by block majority); the
             auxiliary loss and validation use the field upsampled to the image grid.
         val_pairs: validation pairs used (first N).
+        coarse_steps: every training episode first runs this many steps on the pair block-averaged by
+            ``2 * grid_scale`` (stored and learnt from too), and the episode proper starts from their field: the
+            agent learns the coarse start that inference with as many coarse steps runs
+            (:class:`~rli2it_med.api.StepwiseRegistrationNet`); validation runs them and checkpoints record them.
     """
 
     PARTS: ClassVar[dict[str, type]] = {"agent": AgentConfig, "env": EnvConfig, "sac": SACConfig, "loss": LossConfig}
@@ -48,6 +53,7 @@ class TrainConfig(LoopConfig):
     pairs: str = "template"
     grid_scale: int = 1
     val_pairs: int = 20
+    coarse_steps: int = 0
     agent: AgentConfig = field(default_factory=AgentConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     sac: SACConfig = field(default_factory=SACConfig)
@@ -105,9 +111,25 @@ def _components(info: dict) -> dict[str, torch.Tensor]:
     return {"field": info["field"]}  # replayed states: the pair index (added by the loop) and Phi_t
 
 
-def collect(env: RegistrationEnv, agent: Agent, buffer: EpisodeReplayBuffer, random_plans: bool) -> dict[str, float]:
-    """Run one batch of registration episodes and store them; return the mean initial and final Dice."""
-    return loop.collect(env, agent, buffer, random_plans, _components, "dice")
+def collect(
+    env: RegistrationEnv,
+    agent: Agent,
+    buffer: EpisodeReplayBuffer,
+    random_plans: bool,
+    coarse_env: RegistrationEnv | None = None,
+) -> dict[str, float]:
+    """Run one batch of registration episodes and store them; return the mean initial and final Dice.
+
+    With ``coarse_env`` (the same pairs on a grid twice coarser, episodes of the coarse steps' length), each episode
+    first runs there; its last field, upsampled, starts the episode of ``env``. Both are stored.
+    """
+    if coarse_env is None:
+        return loop.collect(env, agent, buffer, random_plans, _components, "dice")
+    indices = env._rng.integers(0, len(env.pairs), size=env.batch_size)
+    coarse = loop.collect(coarse_env, agent, buffer, random_plans, _components, "dice", {"indices": indices})
+    start = upsample_field(coarse_env.field, 2, env.pairs.spatial_shape)
+    stats = loop.collect(env, agent, buffer, random_plans, _components, "dice", {"indices": indices, "field": start})
+    return stats | {"dice_initial": coarse["dice_initial"], "return": stats["return"] + coarse["return"]}
 
 
 def evaluate(
@@ -169,9 +191,12 @@ def gm_wm_dice(metrics: dict[str, Any]) -> float:
 
 def replay_bytes(cfg: TrainConfig, shape: tuple[int, ...]) -> int:
     """Bytes of the replay buffer of a run on images of ``shape`` once it is full: every episode's T+1 states, the
-    accumulated field on the episode grid in half precision (plans, rewards and indices are negligible)."""
+    accumulated field on the episode grid in half precision (plans, rewards and indices are negligible), and as many
+    coarse-step episodes on the grid twice coarser when the run has coarse steps."""
     nd = len(shape)
-    return cfg.buffer_episodes * (cfg.env.max_steps + 1) * nd * (math.prod(shape) // cfg.grid_scale**nd) * 2
+    fine = cfg.buffer_episodes * (cfg.env.max_steps + 1) * nd * (math.prod(shape) // cfg.grid_scale**nd) * 2
+    coarse = cfg.buffer_episodes * (cfg.coarse_steps + 1) * nd * (math.prod(shape) // (2 * cfg.grid_scale) ** nd) * 2
+    return fine + (coarse if cfg.coarse_steps else 0)
 
 
 def _check_memory(cfg: TrainConfig, shape: tuple[int, ...], device: torch.device) -> None:
@@ -207,6 +232,8 @@ def train(
     out = Path(cfg.out)
     train_pairs = train_pairs if train_pairs is not None else PairDataset.load(cfg.data, "train", cfg.pairs)
     val_pairs = val_pairs if val_pairs is not None else PairDataset.load(cfg.data, "val", "template")
+    if cfg.coarse_steps < 0:
+        raise ValueError(f"coarse_steps must be >= 0, got {cfg.coarse_steps}")
     if train_pairs.spatial_dims != cfg.agent.spatial_dims:
         raise ValueError(f"{cfg.data}: data are {train_pairs.spatial_dims}D but the agent is {cfg.agent.spatial_dims}D")
     train_pairs = train_pairs.shard(rank, world)
@@ -215,21 +242,30 @@ def train(
     ddp.broadcast_module(agent)
     writer = rank == 0
     logger = Logger(out if writer else None)
-    buffer = EpisodeReplayBuffer(cfg.buffer_episodes)
-    task = RegistrationTask(train_pairs, cfg.loss, device, cfg.grid_scale)
+    buffer = EpisodeReplayBuffer(cfg.buffer_episodes * (2 if cfg.coarse_steps else 1))  # + the coarse episodes
+    task = RegistrationTask(train_pairs, cfg.loss, device, cfg.grid_scale, coarse=cfg.coarse_steps > 0)
     sac = SAC(agent, task, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients)
     env = RegistrationEnv(cfg.env, task.pairs, cfg.env_batch, device)
     env.reset(seed=cfg.seed + rank)
+    coarse_env = None
+    if cfg.coarse_steps:
+        coarse_config = replace(cfg.env, max_steps=cfg.coarse_steps)
+        coarse_env = RegistrationEnv(coarse_config, task.coarse_pairs, cfg.env_batch, device)
     if writer:
         save_json(out / "config.json", cfg.to_dict())
 
-    def validate() -> dict[str, float]:  # "steps": the checkpoint's default number of inference steps
+    def validate() -> dict[str, float]:  # "steps" (and "coarse_steps"): the checkpoint's inference defaults
         reg = Registrator(agent, cfg.env, device, cfg.grid_scale)
+        reg.net.coarse_steps = cfg.coarse_steps
         metrics = evaluate(reg, val_pairs, limit=cfg.val_pairs, batch_size=cfg.env_batch, hd95=False)
         steps = loop.best_step(metrics["dice_steps"].mean(0))
-        return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics), "steps": steps}
+        coarse = {"coarse_steps": cfg.coarse_steps} if cfg.coarse_steps else {}
+        return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics), "steps": steps} | coarse
+
+    def collect_round(random_plans: bool) -> dict[str, float]:
+        return collect(env, agent, buffer, random_plans, coarse_env)
 
     return loop.run_training(
         cfg, agent, sac, env, buffer, _components, validate, model_config(cfg), "dice_gm_wm", "dice", logger, resume,
-        progress,
+        progress, collect_round=collect_round,
     )  # fmt: skip

@@ -75,6 +75,21 @@ def test_buffer_is_compact_and_next_state_follows_state():
         assert torch.equal(stored[t + 1, ep], batch.next_state["obs"][i])
 
 
+def test_a_batch_holds_states_of_one_shape_drawn_by_its_share_of_transitions():
+    buf = EpisodeReplayBuffer(capacity=10)
+    for size, steps in ((8, 6), (4, 2)):  # episodes on a grid and on one twice coarser
+        states = {"obs": torch.rand(steps + 1, 2, 2, size, size), "index": torch.zeros(steps + 1, 2, dtype=torch.long)}
+        buf.add(states, torch.randn(steps, 2, 8), torch.rand(steps, 2), torch.zeros(steps, 2))
+    generator = torch.Generator().manual_seed(0)
+    sizes = []
+    for _ in range(400):
+        batch = buf.sample(5, generator)
+        assert batch.state["obs"].shape[2:] == batch.next_state["obs"].shape[2:]
+        sizes.append(batch.state["obs"].shape[-1])
+    assert set(sizes) == {8, 4}
+    assert 0.65 < sizes.count(8) / len(sizes) < 0.85  # 12 of the 16 transitions are on the 8x8 grid
+
+
 def test_polyak_moves_targets_by_tau():
     agent = Agent(AgentConfig(**CFG))
     with torch.no_grad():

@@ -36,6 +36,26 @@ def test_coarse_states_and_image_grid_loss():
     assert torch.isfinite(terms["loss"]) and agent.actor.out.weight.grad.abs().sum() > 0
 
 
+def test_a_task_with_coarse_steps_rebuilds_states_on_the_grid_of_the_replayed_field():
+    pairs = toy_pairs(size=32)
+    task = RegistrationTask(pairs, LossConfig(kernel_size=5), grid_scale=2, coarse=True)
+    assert task.coarse_pairs.spatial_shape == (8, 8)
+    agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
+    buf = EpisodeReplayBuffer(capacity=4)
+    field = 0.3 * torch.randn(3, 2, 2, 8, 8)
+    buf.add({"index": torch.tensor([2, 3]).expand(3, 2), "field": field}, torch.randn(2, 2, 8), *torch.zeros(2, 2, 2))
+    batch = buf.sample(2, torch.Generator().manual_seed(0))
+    obs, _ = task.observations(batch)
+    assert obs.shape == (2, 2, 8, 8)
+    coarse = pairs.coarsen(4).get(batch.state["index"])
+    torch.testing.assert_close(obs, torch.cat([coarse.fixed, warp(coarse.moving, batch.state["field"])], 1))
+    terms = task.auxiliary_loss(agent, batch, obs)  # LNCC on the 32x32 images, the field upsampled 4x
+    assert torch.isfinite(terms["loss"])
+    wrong = buf.sample(2)._replace(state={"index": batch.state["index"], "field": torch.zeros(2, 2, 5, 5)})
+    with pytest.raises(ValueError, match=r"\(5, 5\) fits none of this task's grids \[\(16, 16\), \(8, 8\)\]"):
+        task.observations(wrong)
+
+
 def test_a_crop_as_large_as_the_image_is_the_whole_loss():
     pairs = toy_pairs(size=16)
     agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))

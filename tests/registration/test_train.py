@@ -187,3 +187,40 @@ def test_coarse_steps_start_the_episode_from_their_field(data):
     assert not torch.allclose(field, plain)
     with pytest.raises(ValueError, match="coarse_steps"):
         net.rollout(pair.fixed, pair.moving, coarse_steps=-1)
+
+
+def test_training_with_coarse_steps_stores_both_grids_and_starts_each_episode_from_its_coarse_field(data, tmp_path):
+    from rli2it_med.agent import Agent, EpisodeReplayBuffer
+    from rli2it_med.registration.env import EnvConfig, RegistrationEnv
+    from rli2it_med.registration.grid import upsample_field
+    from rli2it_med.registration.rewards import mean_dice
+    from rli2it_med.registration.task import agent_config
+    from rli2it_med.registration.train import collect
+
+    torch.manual_seed(0)
+    pairs = PairDataset.load(data, "train")
+    agent = Agent(agent_config(2, channels=(4, 8), critic_channels=(4, 8), plan_dim=8))
+    env = RegistrationEnv(EnvConfig(max_steps=3), pairs, batch_size=2)
+    coarse_env = RegistrationEnv(EnvConfig(max_steps=2), pairs.coarsen(2), batch_size=2)
+    env.reset(seed=0)
+    buffer = EpisodeReplayBuffer(8)
+    stats = collect(env, agent, buffer, False, coarse_env)
+    coarse, fine = buffer._episodes[:2], buffer._episodes[2:]
+    assert [e["states"]["field"].shape for e in coarse] == [(3, 2, 32, 32)] * 2
+    assert [e["states"]["field"].shape for e in fine] == [(4, 2, 64, 64)] * 2
+    assert torch.equal(coarse[0]["states"]["index"], fine[0]["states"]["index"][:3])  # the same pairs
+    start = upsample_field(coarse[1]["states"]["field"][-1:].float(), 2, (64, 64))[0]
+    torch.testing.assert_close(fine[1]["states"]["field"][0].float(), start, atol=2e-3, rtol=0)  # half precision
+    first = pairs.coarsen(2).get([int(e["states"]["index"][0]) for e in coarse])
+    initial = mean_dice(first.moving_seg, first.fixed_seg, pairs.label_values).mean()
+    assert stats["dice_initial"] == pytest.approx(float(initial))  # the episode's start is the coarse episode's
+
+    # a run records its coarse steps, which inference then runs by default
+    cfg = default_config(2, data=str(data), out=str(tmp_path / "run"), minutes=None, max_updates=4, coarse_steps=1)
+    cfg.env_batch = cfg.batch_size = 2
+    cfg.eval_every, cfg.val_pairs, cfg.bootstrap_rounds, cfg.updates_per_round = 4, 2, 1, 4
+    result = train(cfg, progress=False)
+    assert result["val"]["coarse_steps"] == 1
+    assert Registrator.load(tmp_path / "run" / "model.pt", "cpu").net.coarse_steps == 1
+    with pytest.raises(ValueError, match="coarse_steps must be >= 0"):
+        train(default_config(2, data=str(data), out=str(tmp_path / "bad"), coarse_steps=-1), progress=False)
