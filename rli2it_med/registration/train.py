@@ -121,7 +121,8 @@ def collect(
     """Run one batch of registration episodes and store them; return the mean initial and final Dice.
 
     With ``coarse_env`` (the same pairs on a grid twice coarser, episodes of the coarse steps' length), each episode
-    first runs there; its last field, upsampled, starts the episode of ``env``. Both are stored.
+    first runs there; its last field, upsampled, starts the episode of ``env``. Both are stored; the initial Dice
+    reported is then the coarse grid's.
     """
     if coarse_env is None:
         return loop.collect(env, agent, buffer, random_plans, _components, "dice")
@@ -194,9 +195,12 @@ def replay_bytes(cfg: TrainConfig, shape: tuple[int, ...]) -> int:
     accumulated field on the episode grid in half precision (plans, rewards and indices are negligible), and as many
     coarse-step episodes on the grid twice coarser when the run has coarse steps."""
     nd = len(shape)
-    fine = cfg.buffer_episodes * (cfg.env.max_steps + 1) * nd * (math.prod(shape) // cfg.grid_scale**nd) * 2
-    coarse = cfg.buffer_episodes * (cfg.coarse_steps + 1) * nd * (math.prod(shape) // (2 * cfg.grid_scale) ** nd) * 2
-    return fine + (coarse if cfg.coarse_steps else 0)
+
+    def episodes(steps: int, scale: int) -> int:
+        return cfg.buffer_episodes * (steps + 1) * nd * (math.prod(shape) // scale**nd) * 2
+
+    coarse = episodes(cfg.coarse_steps, 2 * cfg.grid_scale) if cfg.coarse_steps else 0
+    return episodes(cfg.env.max_steps, cfg.grid_scale) + coarse
 
 
 def _check_memory(cfg: TrainConfig, shape: tuple[int, ...], device: torch.device) -> None:
