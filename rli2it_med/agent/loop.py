@@ -34,7 +34,7 @@ from rli2it_med.agent.logger import Logger
 from rli2it_med.agent.networks import Agent, count_parameters
 from rli2it_med.agent.sac import SAC
 
-__all__ = ["LoopConfig", "collect", "draw_pairs", "peak_memory_mb", "run_training", "start_process"]
+__all__ = ["LoopConfig", "collect", "draw_pairs", "initialise", "peak_memory_mb", "run_training", "start_process"]
 
 
 @dataclass
@@ -56,6 +56,9 @@ class LoopConfig:
         buffer_episodes: replay capacity, in episodes.
         eval_every: gradient steps between validations/checkpoints.
         lr_floor: learning rates follow a cosine from 1 to ``lr_floor`` times their base over the time budget.
+        init: a checkpoint (``model.pt`` / ``best.pt`` of a run of the same architecture) whose weights start a new
+            run instead of random ones: fine-tuning, e.g. with other data or coarse steps; optimisers, temperature,
+            replay buffer, counters and the budget start afresh. Ignored when resuming.
     """
 
     PARTS: ClassVar[dict[str, type]] = {}
@@ -72,6 +75,7 @@ class LoopConfig:
     buffer_episodes: int = 512
     eval_every: int = 200
     lr_floor: float = 0.05
+    init: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,6 +220,8 @@ def run_training(
     device = next(agent.parameters()).device
     if cfg.minutes is None and cfg.max_updates is None:
         raise ValueError("training needs a budget: minutes, max_updates or both")
+    if cfg.max_updates is not None and cfg.max_updates < 0:
+        raise ValueError(f"max_updates must be >= 0 (0: validate and save the initial weights), got {cfg.max_updates}")
     generator = torch.Generator().manual_seed(cfg.seed + rank)
     state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf}
     if resume and (out / "train_state.pt").is_file():
@@ -235,6 +241,10 @@ def run_training(
             )
         if writer:
             print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
+    elif cfg.init:
+        initialise(agent, cfg.init)
+        if writer:
+            print(f"weights from {cfg.init}")
 
     budget = math.inf if cfg.minutes is None else cfg.minutes * 60
     start = time.perf_counter() - state["elapsed"]
@@ -296,7 +306,7 @@ def run_training(
     def keep_going() -> tuple[bool, float]:
         """Process 0 decides, so every process stops after the same update at the same learning rate."""
         go = elapsed() < budget and (cfg.max_updates is None or sac.n_updates < cfg.max_updates)
-        fraction = sac.n_updates / cfg.max_updates if by_updates else elapsed() / budget
+        fraction = sac.n_updates / max(cfg.max_updates, 1) if by_updates else elapsed() / budget
         go_all, fraction = ddp.broadcast_values([float(go), min(1.0, fraction)])
         return bool(go_all), fraction
 
@@ -331,6 +341,21 @@ def run_training(
         "parameters": count_parameters(agent.planner) + count_parameters(agent.actor),
         "buffer_mb": buffer.nbytes / 2**20,
     }
+
+
+def initialise(agent: Agent, path: str | Path) -> None:
+    """Load the weights of checkpoint ``path`` into ``agent`` (planner, actor, critic and target critic); the
+    error names the file and what differs when its architecture is not the agent's."""
+    payload = load_checkpoint(path, next(agent.parameters()).device)
+    saved = payload.get("config", {}).get("agent")
+    if saved is None:
+        raise ValueError(f"{path}: the checkpoint records no agent configuration")
+    saved = type(agent.config)(**saved)
+    if saved != agent.config:
+        ours, theirs = agent.config.to_dict(), saved.to_dict()
+        differ = ", ".join(f"{k}={theirs[k]!r} (run: {ours[k]!r})" for k in ours if ours[k] != theirs[k])
+        raise ValueError(f"{path}: its agent differs from this run's: {differ}")
+    agent.load_state_dict(payload["state_dict"])
 
 
 def _process_state(buffer: EpisodeReplayBuffer, generator: torch.Generator, device: torch.device) -> dict[str, Any]:

@@ -204,7 +204,8 @@ def _jacobian(args: argparse.Namespace) -> int:
 
 def _task_config(args: argparse.Namespace, config_cls, new):
     """The run's saved configuration on ``--resume`` (when there is one), else ``new()``; then the command line's
-    ``--minutes``, ``--max-updates``, ``--eval-every``, ``--seed`` and ``--device`` on top; ``--threads`` applied.
+    ``--minutes``, ``--max-updates``, ``--eval-every``, ``--seed``, ``--device`` and ``--init`` on top; ``--threads``
+    applied.
     A new run given ``--max-updates`` without ``--minutes`` has no time budget: it is reproducible (see
     :mod:`rli2it_med.agent.loop`)."""
     import torch
@@ -218,7 +219,7 @@ def _task_config(args: argparse.Namespace, config_cls, new):
     cfg = config_cls.from_dict(load_json(config_path)) if resumed else new()
     if not resumed and args.max_updates is not None and args.minutes is None:
         cfg.minutes = None
-    for name in ("minutes", "max_updates", "eval_every", "seed", "device"):
+    for name in ("minutes", "max_updates", "eval_every", "seed", "device", "init"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -311,6 +312,7 @@ def _add_training_options(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--max-updates", type=int, help="stop after this many gradient steps")
     parser.add_argument("--eval-every", type=int, help="gradient steps between validations and checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--init", help="start from this trained model's weights (same architecture): fine-tuning")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default), cpu, cuda ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")

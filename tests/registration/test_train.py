@@ -224,3 +224,28 @@ def test_training_with_coarse_steps_stores_both_grids_and_starts_each_episode_fr
     assert Registrator.load(tmp_path / "run" / "model.pt", "cpu").net.coarse_steps == 1
     with pytest.raises(ValueError, match="coarse_steps must be >= 0"):
         train(default_config(2, data=str(data), out=str(tmp_path / "bad"), coarse_steps=-1), progress=False)
+
+
+def test_a_run_started_from_a_models_weights_begins_with_them(data, tmp_path):
+    cfg = default_config(2, data=str(data), out=str(tmp_path / "first"), minutes=None, max_updates=4)
+    cfg.env_batch = cfg.batch_size = 2
+    cfg.eval_every, cfg.val_pairs, cfg.bootstrap_rounds, cfg.updates_per_round = 4, 2, 1, 4
+    train(cfg, progress=False)
+    first = tmp_path / "first" / "model.pt"
+
+    # --max-updates 0: no update, so the new run's checkpoint holds exactly the weights it started from (a run with
+    # the same seed but random weights would hold the first run's weights before its 4 updates)
+    code = cli(["train", "--data", str(data), "--out", str(tmp_path / "tuned"), "--init", str(first),
+                "--max-updates", "0", "--quiet", "--threads", "1"])  # fmt: skip
+    assert code == 0
+    assert io.load_json(tmp_path / "tuned" / "config.json")["init"] == str(first)
+    a = torch.load(first, weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "tuned" / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    other = default_config(2, data=str(data), out=str(tmp_path / "other"), max_updates=1, init=str(first))
+    other.agent.plan_dim = 32
+    with pytest.raises(ValueError, match=r"model\.pt: its agent differs from this run's: plan_dim=64 \(run: 32\)"):
+        train(other, progress=False)
+    with pytest.raises(ValueError, match="max_updates must be >= 0"):
+        train(default_config(2, data=str(data), out=str(tmp_path / "neg"), max_updates=-1), progress=False)
