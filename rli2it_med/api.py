@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,11 +236,10 @@ class StepwiseRegistrationNet(nn.Module):
     def load_weights(self, path: str | Path) -> StepwiseRegistrationNet:
         """Load a checkpoint's weights into this network; the checkpoint must describe the same agent."""
         other = StepwiseRegistrationNet.from_checkpoint(path)
-        mine, theirs = (json.loads(json.dumps(n.agent.config.to_dict())) for n in (self, other))
-        if mine != theirs or other.grid_scale != self.grid_scale:
-            diff = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
-            if other.grid_scale != self.grid_scale:
-                diff["grid_scale"] = (self.grid_scale, other.grid_scale)
+        diff = self.agent.config.differences(other.agent.config)
+        if other.grid_scale != self.grid_scale:
+            diff["grid_scale"] = (self.grid_scale, other.grid_scale)
+        if diff:
             raise ValueError(f"{path}: a different agent than this network (config vs checkpoint: {diff})")
         self.agent.load_state_dict(other.agent.state_dict())
         self.metadata = other.metadata

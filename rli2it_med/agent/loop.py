@@ -58,7 +58,8 @@ class LoopConfig:
         lr_floor: learning rates follow a cosine from 1 to ``lr_floor`` times their base over the time budget.
         init: a checkpoint (``model.pt`` / ``best.pt`` of a run of the same architecture) whose weights start a new
             run instead of random ones: fine-tuning, e.g. with other data or coarse steps; optimisers, temperature,
-            replay buffer, counters and the budget start afresh. Ignored when resuming.
+            replay buffer, counters, the budget and a task's own state (an image task's discriminator) start afresh.
+            Ignored when resuming.
     """
 
     PARTS: ClassVar[dict[str, type]] = {}
@@ -350,10 +351,9 @@ def initialise(agent: Agent, path: str | Path) -> None:
     saved = payload.get("config", {}).get("agent")
     if saved is None:
         raise ValueError(f"{path}: the checkpoint records no agent configuration")
-    saved = type(agent.config)(**saved)
-    if saved != agent.config:
-        ours, theirs = agent.config.to_dict(), saved.to_dict()
-        differ = ", ".join(f"{k}={theirs[k]!r} (run: {ours[k]!r})" for k in ours if ours[k] != theirs[k])
+    diff = agent.config.differences(type(agent.config)(**saved))
+    if diff:
+        differ = ", ".join(f"{k}={theirs!r} (run: {ours!r})" for k, (ours, theirs) in diff.items())
         raise ValueError(f"{path}: its agent differs from this run's: {differ}")
     agent.load_state_dict(payload["state_dict"])
 

@@ -104,6 +104,11 @@ class AgentConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def differences(self, other: AgentConfig) -> dict[str, tuple]:
+        """The fields whose values differ, as ``{name: (self's, other's)}``: why two agents' weights do not fit."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+
 
 class PlannerOutput(NamedTuple):
     mean: torch.Tensor  # (B, plan_dim)
