@@ -151,11 +151,11 @@ def score(name: str, method, pairs: PairDataset, n: int, params: int | str = "-"
     return row
 
 
-def dice_vs_step(reg: Registrator, pairs: PairDataset, n: int, steps: int) -> np.ndarray:
+def dice_vs_step(reg: Registrator, pairs: PairDataset, n: int, steps: int, fine_steps: int = 0) -> np.ndarray:
     curves = []
     for i in range(n):
         p = pairs.get([i])
-        res = reg.register(p.fixed, p.moving, steps, p.fixed_seg, p.moving_seg)
+        res = reg.register(p.fixed, p.moving, steps, p.fixed_seg, p.moving_seg, fine_steps=fine_steps)
         curves.append(torch.stack([d.cpu() for d in res.dice], 1)[0].numpy())
     return np.mean(curves, 0)
 
@@ -171,9 +171,16 @@ def print_table(title: str, rows: list[dict], cols: list[str], width: int, digit
 
 
 def plot_curve(
-    curve: np.ndarray, peers: dict[str, float], path: Path, trained_steps: int, title: str, ylabel: str
+    curve: np.ndarray,
+    peers: dict[str, float],
+    path: Path,
+    trained_steps: int,
+    title: str,
+    ylabel: str,
+    fine_from: int | None = None,
 ) -> None:
-    """rli2it's score after each step t, the trained episode length, and each peer's score as a dashed line."""
+    """rli2it's score after each step t, the trained episode length (or, with ``fine_from``, where the fine steps
+    start), and each peer's score as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +188,10 @@ def plot_curve(
 
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     ax.plot(range(len(curve)), curve, "o-", label="rli2it")
-    ax.axvline(trained_steps, color="grey", ls=":", lw=1, label=f"trained episode length T={trained_steps}")
+    if fine_from is None:
+        ax.axvline(trained_steps, color="grey", ls=":", lw=1, label=f"trained episode length T={trained_steps}")
+    else:
+        ax.axvline(fine_from, color="grey", ls=":", lw=1, label="fine steps (grid twice finer) from here")
     for (name, value), c in zip(peers.items(), ["k", "tab:green", "tab:red", "tab:purple"]):
         ax.axhline(value, color=c, ls="--", lw=1, label=name)
     ax.set_xlabel("step t")
@@ -201,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, help="test pairs (default: all; --quick: 5)")
     parser.add_argument("--steps", type=int, help="rli2it steps at test time (default: the model's)")
     parser.add_argument("--coarse-steps", type=int, help="rli2it coarse steps first (default: the model's)")
+    parser.add_argument("--fine-steps", type=int, help="rli2it fine steps last (default: the model's)")
     parser.add_argument("--vm-minutes", type=float, help="VoxelMorph training budget (default: rli2it's)")
     parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: syn demons voxelmorph")
@@ -216,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     reg = Registrator.load(model, "cpu")
     if args.coarse_steps is not None:
         reg.net.coarse_steps = args.coarse_steps
+    if args.fine_steps is not None:
+        reg.net.fine_steps = args.fine_steps
     rl_minutes = float(reg.metadata.get("train_minutes", 0.0))
     vm_minutes = args.vm_minutes if args.vm_minutes is not None else (1.0 if args.quick else rl_minutes)
     spacing = tuple(test.spacing)
@@ -239,15 +252,19 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(score("rli2it", ours, test, n, params, warmup=True) | {"train_min": round(rl_minutes, 1)})
 
     trained_t = reg.trained_steps
+    steps, fine = args.steps or reg.net.steps, reg.net.fine_steps
     print(
-        f"rli2it: {reg.net.coarse_steps} coarse steps, then {args.steps or reg.net.steps} steps at test time (episode "
-        f"length in training T = {trained_t})"
+        f"rli2it: {reg.net.coarse_steps} coarse steps, then {steps} steps, then {fine} fine steps at test time "
+        f"(episode length in training T = {trained_t})"
     )
-    curve = dice_vs_step(reg, test, min(n, 20), max(2 * trained_t, args.steps or 0))
+    if fine:  # the curve goes on past the default number of fine steps, as it goes past T without them
+        curve = dice_vs_step(reg, test, min(n, 20), steps, 2 * fine)
+    else:
+        curve = dice_vs_step(reg, test, min(n, 20), max(2 * trained_t, steps), 0)
     plot = Path(args.plot or ROOT / f"docs/dice_vs_step_{args.dim}d.png")
     peers = {r["method"]: np.mean([r[f"dice_{v}"] for v in LABELS.values()]) for r in rows if r["method"] != "rli2it"}
     title = f"{args.dim}D brain, template-to-subject test pairs (n={min(n, 20)})"
-    plot_curve(curve, peers, plot, trained_t, title, "mean Dice (CSF, GM, WM)")
+    plot_curve(curve, peers, plot, trained_t, title, "mean Dice (CSF, GM, WM)", steps if fine else None)
 
     cols = ["method", "dice_gm_wm", "dice_CSF", "dice_GM", "dice_WM", "hd95_mm", "folding_pct", "s_per_pair", "params"]
     print_table(f"{args.dim}D brain registration, {n} test pairs", rows, cols, 16, digits=4)

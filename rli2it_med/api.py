@@ -47,7 +47,8 @@ class RegistrationResult:
         warped: moving image warped onto the fixed image.
         field: accumulated displacement ``Phi_T``, (ndim, *S) (or (B, ndim, *S) for batched input), in voxels.
         warped_seg: moving labels warped with nearest neighbour (None without ``moving_seg``).
-        dice: per-step mean Dice, length ``steps + 1`` (index 0 = before registration); empty without labels.
+        dice: per-step mean Dice, length ``steps + fine_steps + 1`` (index 0 = before the episode grid's steps, after
+            any coarse steps); empty without labels.
         step_fields: accumulated field after each step when ``keep_steps=True``.
         seconds: wall-clock time of the steps.
     """
@@ -114,6 +115,10 @@ class StepwiseRegistrationNet(nn.Module):
         coarse_steps: steps run first on the episode grid coarsened twice more (the pair block-averaged by
             ``2 * grid_scale``); their field, upsampled, starts the ``steps`` steps on the episode grid. A coarse
             start reaches large displacements a purely local policy misses (``bench/loss_grid.py``).
+        fine_steps: steps run last on the grid twice finer than the episode grid (the input grid when
+            ``grid_scale`` is 2), from the episode's field upsampled: the same agent (its step fields are in voxels of
+            the grid it acts on) finishes at full resolution what it aligned on the pooled grid. Needs an even
+            ``grid_scale``.
     """
 
     def __init__(
@@ -124,6 +129,7 @@ class StepwiseRegistrationNet(nn.Module):
         grid_scale: int = 1,
         stop_dice: float | None = None,
         coarse_steps: int = 0,
+        fine_steps: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(agent, dict):
@@ -131,18 +137,58 @@ class StepwiseRegistrationNet(nn.Module):
         self.agent = agent if isinstance(agent, Agent) else Agent(agent)
         if int(grid_scale) != grid_scale or grid_scale < 1:
             raise ValueError(f"grid_scale must be a positive integer, got {grid_scale}")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        if coarse_steps < 0:
-            raise ValueError(f"coarse_steps must be >= 0, got {coarse_steps}")
         self.steps, self.max_step, self.grid_scale = int(steps), float(max_step), int(grid_scale)
-        self.coarse_steps = int(coarse_steps)
+        self.coarse_steps, self.fine_steps = self._check_steps(steps, coarse_steps, fine_steps)
         self.stop_dice = stop_dice
         self.metadata: dict[str, Any] = {}
 
     @property
     def spatial_dims(self) -> int:
         return self.agent.config.spatial_dims
+
+    def _check_steps(self, steps: int, coarse_steps: int, fine_steps: int) -> tuple[int, int]:
+        if steps < 0 or coarse_steps < 0 or fine_steps < 0:
+            raise ValueError(
+                f"steps, coarse_steps and fine_steps must be >= 0, got {steps}, {coarse_steps}, {fine_steps}"
+            )
+        if fine_steps and self.grid_scale % 2:
+            raise ValueError(
+                f"fine_steps need a grid twice finer than the episode grid: an even grid_scale, got {self.grid_scale}"
+            )
+        return int(coarse_steps), int(fine_steps)
+
+    def trajectory(
+        self,
+        fixed: torch.Tensor,
+        moving: torch.Tensor,
+        steps: int | None = None,
+        fixed_seg: torch.Tensor | None = None,
+        moving_seg: torch.Tensor | None = None,
+        coarse_steps: int | None = None,
+        fine_steps: int | None = None,
+    ) -> list[tuple[int, torch.Tensor]]:
+        """Run the episode on (B, 1, *S) tensors; return ``(scale, Phi_t)`` for t = 0..T+F, each field on the grid
+        of the input block-averaged by ``scale`` (:func:`~rli2it_med.registration.grid.upsample_field` brings it to
+        the input grid): ``Phi_0`` (the coarse steps' field, zero without them) to ``Phi_T`` on the episode grid,
+        then the fine steps' on the grid twice finer. Label maps matter only with ``stop_dice`` (pairs stop once
+        their Dice reaches it). ``None`` takes the network's own numbers of steps."""
+        steps = self.steps if steps is None else int(steps)
+        coarse_steps, fine_steps = self._check_steps(
+            steps,
+            self.coarse_steps if coarse_steps is None else coarse_steps,
+            self.fine_steps if fine_steps is None else fine_steps,
+        )
+        scale, shape = self.grid_scale, tuple(fixed.shape[2:])
+        segs = (fixed_seg, moving_seg)
+        start = None
+        if coarse_steps:
+            field = self._episode(fixed, moving, 2 * scale, coarse_steps, *segs)[-1]
+            start = upsample_field(field, 2, coarse_shape(shape, scale))
+        fields = [(scale, f) for f in self._episode(fixed, moving, scale, steps, *segs, start)]
+        if fine_steps:
+            start = upsample_field(fields[-1][1], 2, coarse_shape(shape, scale // 2))
+            fields += [(scale // 2, f) for f in self._episode(fixed, moving, scale // 2, fine_steps, *segs, start)[1:]]
+        return fields
 
     def rollout(
         self,
@@ -152,22 +198,12 @@ class StepwiseRegistrationNet(nn.Module):
         fixed_seg: torch.Tensor | None = None,
         moving_seg: torch.Tensor | None = None,
         coarse_steps: int | None = None,
+        fine_steps: int | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run the episode on (B, 1, *S) tensors; return ``Phi_T`` on the input grid and ``Phi_t`` (t = 0..T) on the
-        episode grid (``Phi_0``: the coarse steps' field, zero without them). Label maps matter only with
-        ``stop_dice`` (pairs stop once their Dice reaches it)."""
-        steps = self.steps if steps is None else int(steps)
-        coarse_steps = self.coarse_steps if coarse_steps is None else int(coarse_steps)
-        if steps < 0 or coarse_steps < 0:
-            raise ValueError(f"steps and coarse_steps must be >= 0, got {steps}, {coarse_steps}")
-        scale = self.grid_scale
-        grid = coarse_shape(tuple(fixed.shape[2:]), scale)
-        start = None
-        if coarse_steps:
-            field = self._episode(fixed, moving, 2 * scale, coarse_steps, fixed_seg, moving_seg)[-1]
-            start = upsample_field(field, 2, grid)
-        fields = self._episode(fixed, moving, scale, steps, fixed_seg, moving_seg, start)
-        return upsample_field(fields[-1], scale, tuple(fixed.shape[2:])), fields
+        """:meth:`trajectory`, returning ``Phi_T+F`` on the input grid and the fields ``Phi_t`` on their own grids."""
+        fields = self.trajectory(fixed, moving, steps, fixed_seg, moving_seg, coarse_steps, fine_steps)
+        scale, last = fields[-1]
+        return upsample_field(last, scale, tuple(fixed.shape[2:])), [f for _, f in fields]
 
     def _episode(self, fixed, moving, scale, steps, fixed_seg, moving_seg, start=None) -> list[torch.Tensor]:
         """``steps`` steps on the pair block-averaged by ``scale``, from the field ``start``; Phi_t, t = 0..steps."""
@@ -204,8 +240,8 @@ class StepwiseRegistrationNet(nn.Module):
 
         ``steps`` defaults to the checkpoint's: the number of steps with the best validation Dice when training
         recorded one (``val["steps"]``, :func:`rli2it_med.agent.loop.best_step`), else the trained
-        episode length T; ``coarse_steps`` is the checkpoint's ``val["coarse_steps"]`` (0 when absent), as
-        ``rli2it evaluate --split val --save-steps`` records them.
+        episode length T; ``coarse_steps`` and ``fine_steps`` are the checkpoint's ``val["coarse_steps"]`` and
+        ``val["fine_steps"]`` (0 when absent), as ``rli2it evaluate --split val --save-steps`` records them.
         """
         payload = load_checkpoint(path, map_location)
         try:
@@ -219,7 +255,10 @@ class StepwiseRegistrationNet(nn.Module):
                 env.stop_dice,
             )
             net.agent.load_state_dict(payload["state_dict"])
-            net.coarse_steps = int(payload.get("val", {}).get("coarse_steps", 0))
+            val = payload.get("val", {})
+            net.coarse_steps, net.fine_steps = net._check_steps(
+                net.steps, int(val.get("coarse_steps", 0)), int(val.get("fine_steps", 0))
+            )
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
         net.metadata = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -279,7 +318,7 @@ class Registrator:
         """The registrator of a :class:`StepwiseRegistrationNet` (same agent, episode length and grid)."""
         env = EnvConfig(max_steps=net.steps, max_step=net.max_step, stop_dice=net.stop_dice)
         reg = cls(net.agent, env, device, net.grid_scale)
-        reg.net.coarse_steps = net.coarse_steps
+        reg.net.coarse_steps, reg.net.fine_steps = net.coarse_steps, net.fine_steps
         reg.metadata = net.metadata
         return reg
 
@@ -307,6 +346,7 @@ class Registrator:
         moving_seg: Any | None = None,
         keep_steps: bool = False,
         coarse_steps: int | None = None,
+        fine_steps: int | None = None,
     ) -> RegistrationResult:
         """Register ``moving`` onto ``fixed`` in ``steps`` steps (default: the model's).
 
@@ -317,6 +357,8 @@ class Registrator:
             keep_steps: also return the accumulated field after every step.
             coarse_steps: steps first run on a grid twice coarser (default: the model's, see
                 :class:`StepwiseRegistrationNet`); the trajectory then starts from their field.
+            fine_steps: steps run last on a grid twice finer (default: the model's); the trajectory (``dice``,
+                ``step_fields``) goes on with them after the ``steps`` steps.
         """
         nd = self.spatial_dims
         layout = _Layout(fixed, nd, "fixed")
@@ -330,10 +372,13 @@ class Registrator:
         )
         pair = RegistrationEnv.check_pair(pair).to(self.device)
         with_labels = pair.fixed_seg is not None and pair.moving_seg is not None
-        scale, shape = self.grid_scale, tuple(pair.fixed.shape[2:])
+        shape = tuple(pair.fixed.shape[2:])
 
         start = time.perf_counter()
-        field, fields = self.net.rollout(pair.fixed, pair.moving, steps, pair.fixed_seg, pair.moving_seg, coarse_steps)
+        fields = self.net.trajectory(
+            pair.fixed, pair.moving, steps, pair.fixed_seg, pair.moving_seg, coarse_steps, fine_steps
+        )
+        field = upsample_field(fields[-1][1], fields[-1][0], shape)
         warped = warp(pair.moving, field)
         warped_seg = None if pair.moving_seg is None else warp(pair.moving_seg, field, mode="nearest")
         if self.device.type == "cuda":
@@ -344,12 +389,14 @@ class Registrator:
         dice = []
         if with_labels:
             values = tuple(int(v) for v in torch.unique(pair.fixed_seg).tolist() if v != 0)
-            for f in fields:
+            for scale, f in fields:
                 moved = warp(pair.moving_seg, upsample_field(f, scale, shape), mode="nearest")
                 dice.append(mean_dice(moved, pair.fixed_seg, values))
         step_fields = []
         if keep_steps:
-            step_fields = [layout.back(upsample_field(f, scale, shape), channel_first_field=True) for f in fields[1:]]
+            step_fields = [
+                layout.back(upsample_field(f, scale, shape), channel_first_field=True) for scale, f in fields[1:]
+            ]
         batched = layout.extra == 2
         return RegistrationResult(
             warped=layout.back(warped),

@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_output",
     "save_npz_deterministic",
+    "load_npz",
     "load_dataset",
     "save_json",
     "load_json",
@@ -77,6 +78,12 @@ def load_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickled objects)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def load_dataset(root: str | Path, split: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load one split of a prepared registration dataset: its arrays and the dataset's ``meta.json``."""
     root = Path(root)
@@ -85,8 +92,7 @@ def load_dataset(root: str | Path, split: str) -> tuple[dict[str, np.ndarray], d
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found; build the dataset with data_prep/brain.py --out {root}")
     meta = load_json(meta_path)
-    with np.load(split_path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = load_npz(split_path)
     missing = {"images", "labels", "pairs_template", "pairs_subject"} - set(arrays)
     if missing:
         raise ValueError(f"{split_path}: missing arrays {sorted(missing)}")

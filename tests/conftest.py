@@ -1,3 +1,4 @@
+import os
 import warnings
 from pathlib import Path
 
@@ -5,6 +6,12 @@ import pytest
 import torch
 
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    """The tests' own user cache (the template built from nilearn's files), not the user's."""
+    os.environ["RLI2IT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -113,6 +113,12 @@ def test_shipped_weights_load_into_the_configured_network(dim):
     wf.initialize()
     net = wf.parser.get_parsed_content("network")
     assert isinstance(net, StepwiseRegistrationNet) and net.metadata["updates"] > 0
+    val = net.metadata["val"]  # the configs run what validation chose for these weights
+    chosen = (val["coarse_steps"], val["steps"], val.get("fine_steps", 0))
+    assert (net.coarse_steps, net.steps, net.fine_steps) == chosen
+    for name in ("inference.json", "evaluate.json"):
+        config = io.load_json(configs(dim, name))
+        assert (config["coarse_steps"], config["steps"], config.get("fine_steps", 0)) == chosen, name
     other = StepwiseRegistrationNet(net.agent.config.to_dict() | {"plan_dim": 32}, grid_scale=net.grid_scale)
     with pytest.raises(ValueError, match="plan_dim"):
         other.load_weights(BUNDLES[dim] / "models" / "model.pt")

@@ -54,6 +54,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 MAX_COARSE_STEPS = 4  # evaluate --save-steps tries 0..4 coarse steps
+MAX_FINE_STEPS = 8  # and 0..8 fine steps (models on a pooled grid)
 
 
 def _curve(values) -> str:
@@ -76,12 +77,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     _, meta = load_dataset(args.data, args.split)
     if args.coarse_steps is not None:
         reg.net.coarse_steps = args.coarse_steps
+    if args.fine_steps is not None:
+        reg.net.fine_steps = args.fine_steps  # checked when it runs
     steps, chosen = args.steps, {}
     if args.save_steps:
         from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
         from rli2it_med.agent.loop import best_step
 
         trained = args.steps or reg.trained_steps  # the whole trained episode
+        fine = reg.net.fine_steps
+        reg.net.fine_steps = 0
         curves = {}
         for k in [args.coarse_steps] if args.coarse_steps is not None else range(MAX_COARSE_STEPS + 1):
             reg.net.coarse_steps = k
@@ -90,22 +95,32 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"  {k} coarse steps, then Dice after each step t: " + _curve(curves[k]))
         coarse = max(curves, key=lambda k: curves[k][1:].max())  # the first of equals: fewer coarse steps
         chosen = {"coarse_steps": coarse, "steps": best_step(curves[coarse])}
+        reg.net.coarse_steps, steps = coarse, chosen["steps"]
+        if args.fine_steps is None and reg.grid_scale % 2 == 0:
+            reg.net.fine_steps = MAX_FINE_STEPS
+            m = evaluate(reg, pairs, steps=steps, limit=args.limit, hd95=False, progress=not args.quiet)
+            curve = m["dice_steps"].mean(0)[steps:]
+            print(f"  {coarse} coarse steps, {steps} steps, then Dice after each fine step: " + _curve(curve))
+            fine = int(np.argmax(curve))  # the first of equals: fewer fine steps
+        chosen["fine_steps"] = reg.net.fine_steps = fine
         payload = load_checkpoint(args.model)
         payload.setdefault("val", {}).update(chosen)
         save_checkpoint(args.model, payload.pop("config"), payload.pop("state_dict"), **payload)
-        print(f"wrote {args.model}: {coarse} coarse steps and {chosen['steps']} steps by default (best mean Dice)")
-        reg.net.coarse_steps, steps = coarse, chosen["steps"]
+        choice = f"{coarse} coarse steps, {steps} steps and {fine} fine steps"
+        print(f"wrote {args.model}: {choice} by default (best mean Dice)")
     metrics = evaluate(reg, pairs, steps=steps, limit=args.limit, hd95=not args.no_hd95, progress=not args.quiet)
     summary = summarize(metrics, meta.get("label_names"))
     summary["dice_gm_wm"] = gm_wm_dice(metrics)
     summary["pairs"] = int(len(metrics["dice"]))
     summary["coarse_steps"] = reg.net.coarse_steps
+    summary["fine_steps"] = reg.net.fine_steps
     curve = metrics["dice_steps"].mean(0)
     print(f"{args.model} on {args.data} [{args.split}, {args.pairs} pairs, n={summary['pairs']}]")
     width = max(len(k) for k in summary)
     for k, v in summary.items():
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
     after = f" (after {reg.net.coarse_steps} coarse steps)" if reg.net.coarse_steps else ""
+    after += f" (the last {reg.net.fine_steps} on the grid twice finer)" if reg.net.fine_steps else ""
     print(f"  Dice after each step t{after}: " + _curve(curve))
     summary["dice_per_step"] = [float(x) for x in np.asarray(curve)]
     summary |= chosen
@@ -644,10 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-hd95", action="store_true")
     e.add_argument("--coarse-steps", type=int, help="steps first run on a grid twice coarser (default: the model's)")
     e.add_argument(
+        "--fine-steps", type=int, help="steps run last on a grid twice finer (default: the model's; pooled-grid models)"
+    )
+    e.add_argument(
         "--save-steps",
         action="store_true",
-        help="record the numbers of coarse steps (0-4, unless --coarse-steps) and steps with the best mean Dice on "
-        "these pairs as MODEL's defaults (rewrites MODEL; use validation pairs)",
+        help="record the numbers of coarse steps (0-4, unless --coarse-steps), steps, and fine steps (0-8 for models "
+        "on a pooled grid, unless --fine-steps) with the best mean Dice on these pairs as MODEL's defaults (rewrites "
+        "MODEL; use validation pairs)",
     )
     e.add_argument("--json", help="also write the summary here")
     e.add_argument("--device", default="auto")

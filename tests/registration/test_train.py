@@ -126,9 +126,11 @@ def test_best_step_is_the_step_with_the_best_score():
         best_step([0.5])
 
 
-def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, capsys):
+@pytest.mark.parametrize("grid_scale", [1, 2])
+def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, capsys, grid_scale):
     from rli2it_med.agent import Agent, save_checkpoint
     from rli2it_med.api import StepwiseRegistrationNet
+    from rli2it_med.cli.main import MAX_FINE_STEPS
     from rli2it_med.registration.env import EnvConfig
     from rli2it_med.registration.task import agent_config
 
@@ -136,30 +138,37 @@ def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, ca
     with torch.no_grad():  # an actor that moves things, so that Dice changes from step to step
         agent.actor.out.weight.normal_(0, 0.05)
     path = tmp_path / "model.pt"
-    save_checkpoint(path, {"agent": agent.config.to_dict(), "env": vars(EnvConfig(max_steps=4))}, agent.state_dict())
+    config = {"agent": agent.config.to_dict(), "env": vars(EnvConfig(max_steps=4)), "grid_scale": grid_scale}
+    save_checkpoint(path, config, agent.state_dict())
     net = StepwiseRegistrationNet.from_checkpoint(path)
-    assert (net.steps, net.coarse_steps) == (4, 0)  # no recorded choice: the episode length, no coarse steps
+    assert (net.steps, net.coarse_steps, net.fine_steps) == (4, 0, 0)  # no recorded choice: the episode length
 
-    # what the choice must be: the (coarse steps, steps) of the best mean validation Dice, whole episodes scored
+    # what the choice must be: the (coarse steps, steps) of the best mean validation Dice, whole episodes scored,
+    # then, for a model on a pooled grid, the number of fine steps (0 included) with the best Dice after them
     reg, val = Registrator.load(path, "cpu"), PairDataset.load(data, "val")
     best = (-1.0, None)
     for k in range(5):
         reg.net.coarse_steps = k
         curve = evaluate(reg, val, steps=4, hd95=False)["dice_steps"].mean(0)
         if curve[1:].max() > best[0]:
-            best = (curve[1:].max(), (k, int(np.argmax(curve[1:])) + 1))
+            best = (curve[1:].max(), (k, int(np.argmax(curve[1:])) + 1, 0))
+    if grid_scale == 2:
+        reg.net.coarse_steps, steps = best[1][:2]
+        reg.net.fine_steps = MAX_FINE_STEPS
+        curve = evaluate(reg, val, steps=steps, hd95=False)["dice_steps"].mean(0)[steps:]
+        best = (curve.max(), (*best[1][:2], int(np.argmax(curve))))
 
     out = tmp_path / "val.json"
     args = ["evaluate", "--model", str(path), "--data", str(data), "--split", "val", "--no-hd95", "--quiet"]
     assert cli([*args, "--save-steps", "--json", str(out)]) == 0
     summary = io.load_json(out)
-    assert (summary["coarse_steps"], summary["steps"]) == best[1]
+    assert (summary["coarse_steps"], summary["steps"], summary["fine_steps"]) == best[1]
     assert np.isclose(summary["dice_per_step"][-1], best[0])  # the printed scores are those of the chosen setting
     net = StepwiseRegistrationNet.from_checkpoint(path)
-    assert (net.coarse_steps, net.steps) == best[1]
+    assert (net.coarse_steps, net.steps, net.fine_steps) == best[1]
     assert StepwiseRegistrationNet.from_checkpoint(path, steps=2).steps == 2
-    assert Registrator.load(path, "cpu").net.steps == summary["steps"]
-    assert Registrator.load(path, "cpu").net.coarse_steps == summary["coarse_steps"]
+    loaded = Registrator.load(path, "cpu").net
+    assert (loaded.coarse_steps, loaded.steps, loaded.fine_steps) == best[1]
     assert Registrator.load(path, "cpu").trained_steps == 4  # the episode length still reads as trained
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["actor.out.weight"], agent.actor.out.weight)
     assert "steps by default" in capsys.readouterr().out
@@ -187,6 +196,46 @@ def test_coarse_steps_start_the_episode_from_their_field(data):
     assert not torch.allclose(field, plain)
     with pytest.raises(ValueError, match="coarse_steps"):
         net.rollout(pair.fixed, pair.moving, coarse_steps=-1)
+
+
+def test_fine_steps_go_on_from_the_episodes_field_on_the_grid_twice_finer(data):
+    """T steps on the pooled grid, then F steps on the grid twice finer, starting from Phi_T upsampled."""
+    from rli2it_med.agent import Agent
+    from rli2it_med.api import StepwiseRegistrationNet
+    from rli2it_med.registration.grid import upsample_field
+    from rli2it_med.registration.task import agent_config
+
+    torch.manual_seed(0)
+    agent = Agent(agent_config(2, channels=(4, 8), critic_channels=(4, 8), plan_dim=8))
+    with torch.no_grad():
+        agent.actor.out.weight.normal_(0, 0.05)
+    net = StepwiseRegistrationNet(agent, steps=2, grid_scale=2).eval()
+    pair = PairDataset.load(data, "val").get([0, 1])
+    with torch.no_grad():
+        plain = net.trajectory(pair.fixed, pair.moving)
+        fine = net.trajectory(pair.fixed, pair.moving, fine_steps=3)
+        field, fields = net.rollout(pair.fixed, pair.moving, fine_steps=3)
+    assert [s for s, _ in plain] == [2, 2, 2] and [s for s, _ in fine] == [2, 2, 2, 1, 1, 1]
+    for (_, a), (_, b) in zip(plain, fine):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)  # the same episode first
+    assert fine[-1][1].shape[2:] == pair.fixed.shape[2:] and torch.equal(field, fine[-1][1]) and len(fields) == 6
+    start = upsample_field(plain[-1][1], 2, tuple(pair.fixed.shape[2:]))
+    assert not torch.allclose(fine[3][1], start)  # the fine steps move
+
+    with torch.no_grad():  # an actor that does not move: each fine field is Phi_T upsampled, nothing else
+        agent.actor.out.weight.zero_()
+        agent.actor.out.bias.zero_()
+        still = net.trajectory(pair.fixed, pair.moving, fine_steps=2)
+    torch.testing.assert_close(still[-1][1], upsample_field(still[2][1], 2, tuple(pair.fixed.shape[2:])))
+
+    res = Registrator.from_net(net, "cpu").register(
+        pair.fixed, pair.moving, fixed_seg=pair.fixed_seg, moving_seg=pair.moving_seg, keep_steps=True, fine_steps=2
+    )
+    assert len(res.dice) == 5 and len(res.step_fields) == 4 and res.field.shape == pair.fixed.shape[:1] + (2, 64, 64)
+    with pytest.raises(ValueError, match="even grid_scale"):
+        StepwiseRegistrationNet(agent, steps=2, fine_steps=1)
+    with pytest.raises(ValueError, match="fine_steps"):
+        net.rollout(pair.fixed, pair.moving, fine_steps=-1)
 
 
 def test_training_with_coarse_steps_stores_both_grids_and_starts_each_episode_from_its_coarse_field(data, tmp_path):

@@ -1,0 +1,29 @@
+import numpy as np
+
+from rli2it_med.registration import synthetic
+
+
+def test_the_template_is_built_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    calls = []
+    build = synthetic._template_from_nilearn
+    monkeypatch.setattr(synthetic, "_template_from_nilearn", lambda: calls.append(1) or build())
+    monkeypatch.setenv("RLI2IT_CACHE", str(tmp_path))
+
+    built = synthetic.load_template()
+    (cache,) = (tmp_path / "templates").iterdir()
+    cached = synthetic.load_template()
+    assert len(calls) == 1  # the second call read the file
+    for a, b in zip(built, cached):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    assert built[0].shape == synthetic.SHAPE_3D and set(np.unique(built[1])) == {0, 1, 2, 3}
+
+    cache.write_bytes(b"truncated")  # a damaged cache is built again and rewritten
+    np.testing.assert_array_equal(synthetic.load_template()[0], built[0])
+    assert len(calls) == 2 and cache.stat().st_size > 1000
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # a cache folder that cannot be made: built each time, nothing fails
+    monkeypatch.setenv("RLI2IT_CACHE", str(blocked))
+    np.testing.assert_array_equal(synthetic.load_template()[1], built[1])
+    assert len(calls) == 3
