@@ -277,7 +277,8 @@ class RegistrationTrainer:
     :mod:`rli2it_med.agent.loop`). Under ``torchrun`` it trains data-parallel (see :mod:`rli2it_med.agent.distributed`).
 
     Args:
-        network: its agent config, episode length, step bound, grid scale and coarse steps define what is trained.
+        network: its agent config, episode length, step bound, grid scale, coarse and fine steps define what is
+            trained.
         dataset, val_dataset: training and validation pairs.
         options: any other :class:`~rli2it_med.registration.train.TrainConfig` field (``batch_size``,
             ``env_batch``, ``sac``/``loss`` as dicts...), over the 2D/3D defaults.
@@ -307,12 +308,12 @@ class RegistrationTrainer:
         for name, cls in (("sac", SACConfig), ("loss", LossConfig)):
             if name in options:
                 options[name] = cls(**(asdict(getattr(cfg, name)) | dict(options[name])))
-        for k in set(options) & {"agent", "env", "coarse_steps"}:
+        for k in set(options) & {"agent", "env", "coarse_steps", "fine_steps"}:
             raise ValueError(f"training option {k!r}: the network defines agent and episode")
         cfg.updated(**options)
         cfg.agent = network.agent.config
         cfg.env.max_steps, cfg.env.max_step, cfg.grid_scale = network.steps, network.max_step, network.grid_scale
-        cfg.coarse_steps = network.coarse_steps
+        cfg.coarse_steps, cfg.fine_steps = network.coarse_steps, network.fine_steps
         cfg.data, cfg.out, cfg.seed = str(dataset_dir), str(output_dir), int(seed)
         cfg.minutes = None if minutes in (None, "null", "None") else float(minutes)
         cfg.eval_every, cfg.max_updates = int(epoch_length), int(max_epochs * epoch_length)

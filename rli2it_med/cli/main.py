@@ -49,6 +49,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg.env.reward = args.reward
     if args.coarse_steps is not None:
         cfg.coarse_steps = args.coarse_steps
+    if args.fine_steps is not None:
+        cfg.fine_steps = args.fine_steps
     _report(train(cfg, resume=args.resume, progress=not args.quiet))
     return 0
 
@@ -644,6 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--coarse-steps", type=int, help="every episode starts with this many steps on a grid twice coarser (default 0)"
+    )
+    t.add_argument(
+        "--fine-steps",
+        type=int,
+        help="every episode ends with this many steps on a grid twice finer (default 0; models on a pooled grid)",
     )
     t.set_defaults(func=_train)
 

@@ -75,7 +75,8 @@ class RegistrationTask:
     (at 2 mm a loss on the 4 mm images caps Dice well below SyN: ``bench/loss_grid.py``, docs/benchmarks.md).
     Replayed state components: ``"index"`` (pair index) and ``"field"`` (Phi_t on the state grid, stored in half
     precision by the buffer). With ``coarse``, replayed states may also be on the grid twice coarser
-    (``self.coarse_pairs``, where coarse steps run); the field's shape tells which.
+    (``self.coarse_pairs``, where coarse steps run), with ``fine`` on the grid twice finer (``self.fine_pairs``,
+    where fine steps run); the field's shape tells which.
 
     Args:
         pairs: training pairs on the image grid.
@@ -83,6 +84,7 @@ class RegistrationTask:
         device: where the batches are computed.
         grid_scale: coarsening of the state grid.
         coarse: also rebuild states of the grid ``2 * grid_scale`` (coarse-step episodes).
+        fine: also rebuild states of the grid ``grid_scale // 2`` (fine-step episodes; an even ``grid_scale``).
     """
 
     def __init__(
@@ -92,10 +94,15 @@ class RegistrationTask:
         device: torch.device | str = "cpu",
         grid_scale: int = 1,
         coarse: bool = False,
+        fine: bool = False,
     ) -> None:
+        if fine and grid_scale % 2:
+            raise ValueError(f"fine steps need a grid twice finer: an even grid_scale, not {grid_scale}")
         self.image_pairs = pairs
         self.pairs = pairs.coarsen(grid_scale)
         self.coarse_pairs = pairs.coarsen(2 * grid_scale) if coarse else None
+        self.fine_pairs = pairs.coarsen(grid_scale // 2) if fine else None
+        self._grids = {2 * grid_scale: self.coarse_pairs, grid_scale: self.pairs, grid_scale // 2: self.fine_pairs}
         self.grid_scale = grid_scale
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)
@@ -105,12 +112,12 @@ class RegistrationTask:
     def _grid(self, field: torch.Tensor) -> tuple[PairDataset, int]:
         """The pairs on the grid of a replayed field, and that grid's scale."""
         shape = tuple(field.shape[2:])
-        if shape == self.pairs.spatial_shape:
-            return self.pairs, self.grid_scale
-        if self.coarse_pairs is not None and shape == self.coarse_pairs.spatial_shape:
-            return self.coarse_pairs, 2 * self.grid_scale
-        grids = [self.pairs.spatial_shape] + ([self.coarse_pairs.spatial_shape] if self.coarse_pairs else [])
-        raise ValueError(f"a replayed field of grid {shape} fits none of this task's grids {grids}")
+        grids = {scale: pairs for scale, pairs in self._grids.items() if pairs is not None}
+        for scale, pairs in grids.items():
+            if shape == pairs.spatial_shape:
+                return pairs, scale
+        shapes = [pairs.spatial_shape for pairs in grids.values()]
+        raise ValueError(f"a replayed field of grid {shape} fits none of this task's grids {shapes}")
 
     def _pairs(self, batch: ReplayBatch) -> tuple[Pair, Pair, int]:
         """The batch's pairs on its state grid and on the image grid, and the grid's scale; fetched once per batch."""

@@ -44,6 +44,9 @@ class TrainConfig(LoopConfig):
             ``2 * grid_scale`` (stored and learnt from too), and the episode proper starts from their field: the
             agent learns the coarse start that inference with as many coarse steps runs
             (:class:`~rli2it_med.api.StepwiseRegistrationNet`); validation runs them and checkpoints record them.
+        fine_steps: every training episode ends with this many steps on the pair block-averaged by
+            ``grid_scale // 2`` (the images' own grid for ``grid_scale`` 2), from the episode's field upsampled;
+            stored and learnt from too, run by validation and recorded by checkpoints. Needs an even ``grid_scale``.
     """
 
     PARTS: ClassVar[dict[str, type]] = {"agent": AgentConfig, "env": EnvConfig, "sac": SACConfig, "loss": LossConfig}
@@ -54,6 +57,7 @@ class TrainConfig(LoopConfig):
     grid_scale: int = 1
     val_pairs: int = 20
     coarse_steps: int = 0
+    fine_steps: int = 0
     agent: AgentConfig = field(default_factory=AgentConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     sac: SACConfig = field(default_factory=SACConfig)
@@ -117,20 +121,27 @@ def collect(
     buffer: EpisodeReplayBuffer,
     random_plans: bool,
     coarse_env: RegistrationEnv | None = None,
+    fine_env: RegistrationEnv | None = None,
 ) -> dict[str, float]:
     """Run one batch of registration episodes and store them; return the mean initial and final Dice.
 
     With ``coarse_env`` (the same pairs on a grid twice coarser, episodes of the coarse steps' length), each episode
-    first runs there; its last field, upsampled, starts the episode of ``env``. Both are stored; the initial Dice
-    reported is then the coarse grid's.
+    first runs there; its last field, upsampled, starts the episode of ``env``. With ``fine_env`` (the grid twice
+    finer, episodes of the fine steps' length), the last field of ``env``, upsampled, starts an episode there. All
+    are stored; the initial Dice reported is the first grid's, the final Dice the last grid's.
     """
-    if coarse_env is None:
+    if coarse_env is None and fine_env is None:
         return loop.collect(env, agent, buffer, random_plans, _components, "dice")
     indices = env._rng.integers(0, len(env.pairs), size=env.batch_size)
-    coarse = loop.collect(coarse_env, agent, buffer, random_plans, _components, "dice", {"indices": indices})
-    start = upsample_field(coarse_env.field, 2, env.pairs.spatial_shape)
-    stats = loop.collect(env, agent, buffer, random_plans, _components, "dice", {"indices": indices, "field": start})
-    return stats | {"dice_initial": coarse["dice_initial"], "return": stats["return"] + coarse["return"]}
+    stages = [e for e in (coarse_env, env, fine_env) if e is not None]
+    stats, start, total = [], None, 0.0
+    for i, stage in enumerate(stages):
+        if i:
+            start = upsample_field(stages[i - 1].field, 2, stage.pairs.spatial_shape)
+        options = {"indices": indices} | ({"field": start} if i else {})
+        stats.append(loop.collect(stage, agent, buffer, random_plans, _components, "dice", options))
+        total += stats[-1]["return"]
+    return {"dice_initial": stats[0]["dice_initial"], "dice_final": stats[-1]["dice_final"], "return": total}
 
 
 def evaluate(
@@ -200,7 +211,8 @@ def replay_bytes(cfg: TrainConfig, shape: tuple[int, ...]) -> int:
         return cfg.buffer_episodes * (steps + 1) * nd * (math.prod(shape) // scale**nd) * 2
 
     coarse = episodes(cfg.coarse_steps, 2 * cfg.grid_scale) if cfg.coarse_steps else 0
-    return episodes(cfg.env.max_steps, cfg.grid_scale) + coarse
+    fine = episodes(cfg.fine_steps, cfg.grid_scale // 2) if cfg.fine_steps else 0
+    return episodes(cfg.env.max_steps, cfg.grid_scale) + coarse + fine
 
 
 def _check_memory(cfg: TrainConfig, shape: tuple[int, ...], device: torch.device) -> None:
@@ -236,8 +248,10 @@ def train(
     out = Path(cfg.out)
     train_pairs = train_pairs if train_pairs is not None else PairDataset.load(cfg.data, "train", cfg.pairs)
     val_pairs = val_pairs if val_pairs is not None else PairDataset.load(cfg.data, "val", "template")
-    if cfg.coarse_steps < 0:
-        raise ValueError(f"coarse_steps must be >= 0, got {cfg.coarse_steps}")
+    if cfg.coarse_steps < 0 or cfg.fine_steps < 0:
+        raise ValueError(f"coarse_steps and fine_steps must be >= 0, got {cfg.coarse_steps}, {cfg.fine_steps}")
+    if cfg.fine_steps and cfg.grid_scale % 2:
+        raise ValueError(f"fine_steps need an even grid_scale (a grid twice finer), got grid_scale {cfg.grid_scale}")
     if train_pairs.spatial_dims != cfg.agent.spatial_dims:
         raise ValueError(f"{cfg.data}: data are {train_pairs.spatial_dims}D but the agent is {cfg.agent.spatial_dims}D")
     train_pairs = train_pairs.shard(rank, world)
@@ -246,8 +260,11 @@ def train(
     ddp.broadcast_module(agent)
     writer = rank == 0
     logger = Logger(out if writer else None)
-    buffer = EpisodeReplayBuffer(cfg.buffer_episodes * (2 if cfg.coarse_steps else 1))  # + the coarse episodes
-    task = RegistrationTask(train_pairs, cfg.loss, device, cfg.grid_scale, coarse=cfg.coarse_steps > 0)
+    stages = 1 + (cfg.coarse_steps > 0) + (cfg.fine_steps > 0)
+    buffer = EpisodeReplayBuffer(cfg.buffer_episodes * stages)  # + the coarse and fine episodes
+    task = RegistrationTask(
+        train_pairs, cfg.loss, device, cfg.grid_scale, coarse=cfg.coarse_steps > 0, fine=cfg.fine_steps > 0
+    )
     sac = SAC(agent, task, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients)
     env = RegistrationEnv(cfg.env, task.pairs, cfg.env_batch, device)
     env.reset(seed=cfg.seed + rank)
@@ -255,19 +272,25 @@ def train(
     if cfg.coarse_steps:
         coarse_config = replace(cfg.env, max_steps=cfg.coarse_steps)
         coarse_env = RegistrationEnv(coarse_config, task.coarse_pairs, cfg.env_batch, device)
+    fine_env = None
+    if cfg.fine_steps:
+        fine_env = RegistrationEnv(replace(cfg.env, max_steps=cfg.fine_steps), task.fine_pairs, cfg.env_batch, device)
     if writer:
         save_json(out / "config.json", cfg.to_dict())
 
-    def validate() -> dict[str, float]:  # "steps" (and "coarse_steps"): the checkpoint's inference defaults
+    def validate() -> dict[str, float]:  # "steps" (and coarse/fine steps): the checkpoint's inference defaults
         reg = Registrator(agent, cfg.env, device, cfg.grid_scale)
-        reg.net.coarse_steps = cfg.coarse_steps
+        reg.net.coarse_steps, reg.net.fine_steps = cfg.coarse_steps, cfg.fine_steps
         metrics = evaluate(reg, val_pairs, limit=cfg.val_pairs, batch_size=cfg.env_batch, hd95=False)
-        steps = loop.best_step(metrics["dice_steps"].mean(0))
-        coarse = {"coarse_steps": cfg.coarse_steps} if cfg.coarse_steps else {}
-        return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics), "steps": steps} | coarse
+        if cfg.fine_steps:  # the whole episode then, fine steps included (the best step count is evaluate's choice)
+            steps = cfg.env.max_steps
+        else:
+            steps = loop.best_step(metrics["dice_steps"].mean(0))
+        extra = {k: getattr(cfg, k) for k in ("coarse_steps", "fine_steps") if getattr(cfg, k)}
+        return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics), "steps": steps} | extra
 
     def collect_round(random_plans: bool) -> dict[str, float]:
-        return collect(env, agent, buffer, random_plans, coarse_env)
+        return collect(env, agent, buffer, random_plans, coarse_env, fine_env)
 
     return loop.run_training(
         cfg, agent, sac, env, buffer, _components, validate, model_config(cfg), "dice_gm_wm", "dice", logger, resume,

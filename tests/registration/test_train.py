@@ -271,8 +271,50 @@ def test_training_with_coarse_steps_stores_both_grids_and_starts_each_episode_fr
     result = train(cfg, progress=False)
     assert result["val"]["coarse_steps"] == 1
     assert Registrator.load(tmp_path / "run" / "model.pt", "cpu").net.coarse_steps == 1
-    with pytest.raises(ValueError, match="coarse_steps must be >= 0"):
+    with pytest.raises(ValueError, match="coarse_steps and fine_steps must be >= 0"):
         train(default_config(2, data=str(data), out=str(tmp_path / "bad"), coarse_steps=-1), progress=False)
+
+
+def test_training_with_fine_steps_ends_each_episode_on_the_grid_twice_finer_and_learns_from_all_three(data, tmp_path):
+    from rli2it_med.agent import Agent, EpisodeReplayBuffer
+    from rli2it_med.registration.env import EnvConfig, RegistrationEnv
+    from rli2it_med.registration.grid import upsample_field
+    from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config
+    from rli2it_med.registration.train import collect
+
+    torch.manual_seed(0)
+    pairs = PairDataset.load(data, "train")
+    agent = Agent(agent_config(2, channels=(4, 8), critic_channels=(4, 8), plan_dim=8))
+    task = RegistrationTask(pairs, LossConfig(), "cpu", grid_scale=2, coarse=True, fine=True)
+    envs = [
+        RegistrationEnv(EnvConfig(max_steps=n), p, batch_size=2)
+        for n, p in ((1, task.coarse_pairs), (3, task.pairs), (2, task.fine_pairs))
+    ]
+    envs[1].reset(seed=0)
+    buffer = EpisodeReplayBuffer(8)
+    stats = collect(envs[1], agent, buffer, False, envs[0], envs[2])
+    coarse, episode, fine = buffer._episodes[:2], buffer._episodes[2:4], buffer._episodes[4:]  # one per pair
+    assert [e["states"]["field"].shape for e in coarse] == [(2, 2, 16, 16)] * 2
+    assert [e["states"]["field"].shape for e in episode] == [(4, 2, 32, 32)] * 2
+    assert [e["states"]["field"].shape for e in fine] == [(3, 2, 64, 64)] * 2
+    assert torch.equal(episode[1]["states"]["index"][:3], fine[1]["states"]["index"])  # the same pairs
+    start = upsample_field(episode[1]["states"]["field"][-1:].float(), 2, (64, 64))[0]
+    torch.testing.assert_close(fine[1]["states"]["field"][0].float(), start, atol=2e-3, rtol=0)  # half precision
+    assert stats["dice_final"] == pytest.approx(float(envs[2]._info()["dice"].mean()))  # the fine grid's last Dice
+    for e in buffer._episodes:  # a replayed state of any of the three grids is rebuilt on its own grid
+        grid, scale = task._grid(e["states"]["field"][:1])
+        assert grid.spatial_shape == tuple(e["states"]["field"].shape[2:]) and scale == 64 // grid.spatial_shape[0]
+
+    cfg = default_config(2, data=str(data), out=str(tmp_path / "run"), minutes=None, max_updates=8)
+    cfg.grid_scale, cfg.coarse_steps, cfg.fine_steps = 2, 1, 2
+    cfg.env_batch = cfg.batch_size = 2
+    cfg.eval_every, cfg.val_pairs, cfg.bootstrap_rounds, cfg.updates_per_round = 8, 2, 1, 4
+    result = train(cfg, progress=False)
+    assert (result["val"]["coarse_steps"], result["val"]["fine_steps"]) == (1, 2)
+    net = Registrator.load(tmp_path / "run" / "model.pt", "cpu").net
+    assert (net.coarse_steps, net.fine_steps, net.grid_scale) == (1, 2, 2)
+    with pytest.raises(ValueError, match="even grid_scale"):
+        train(default_config(2, data=str(data), out=str(tmp_path / "bad"), fine_steps=1), progress=False)
 
 
 def test_a_run_started_from_a_models_weights_begins_with_them(data, tmp_path):
