@@ -102,7 +102,7 @@ class RegistrationTask:
         self.pairs = pairs.coarsen(grid_scale)
         self.coarse_pairs = pairs.coarsen(2 * grid_scale) if coarse else None
         self.fine_pairs = pairs.coarsen(grid_scale // 2) if fine else None
-        self._grids = {2 * grid_scale: self.coarse_pairs, grid_scale: self.pairs, grid_scale // 2: self.fine_pairs}
+        self._grids = {grid_scale: self.pairs, 2 * grid_scale: self.coarse_pairs, grid_scale // 2: self.fine_pairs}
         self.grid_scale = grid_scale
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)
