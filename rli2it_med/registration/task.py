@@ -102,7 +102,8 @@ class RegistrationTask:
         self.pairs = pairs.coarsen(grid_scale)
         self.coarse_pairs = pairs.coarsen(2 * grid_scale) if coarse else None
         self.fine_pairs = pairs.coarsen(grid_scale // 2) if fine else None
-        self._grids = {grid_scale: self.pairs, 2 * grid_scale: self.coarse_pairs, grid_scale // 2: self.fine_pairs}
+        grids = ((grid_scale, self.pairs), (2 * grid_scale, self.coarse_pairs), (grid_scale // 2, self.fine_pairs))
+        self._grids = {scale: grid for scale, grid in grids if grid is not None}  # state grid first
         self.grid_scale = grid_scale
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)
@@ -112,11 +113,10 @@ class RegistrationTask:
     def _grid(self, field: torch.Tensor) -> tuple[PairDataset, int]:
         """The pairs on the grid of a replayed field, and that grid's scale."""
         shape = tuple(field.shape[2:])
-        grids = {scale: pairs for scale, pairs in self._grids.items() if pairs is not None}
-        for scale, pairs in grids.items():
+        for scale, pairs in self._grids.items():
             if shape == pairs.spatial_shape:
                 return pairs, scale
-        shapes = [pairs.spatial_shape for pairs in grids.values()]
+        shapes = [pairs.spatial_shape for pairs in self._grids.values()]
         raise ValueError(f"a replayed field of grid {shape} fits none of this task's grids {shapes}")
 
     def _pairs(self, batch: ReplayBatch) -> tuple[Pair, Pair, int]:

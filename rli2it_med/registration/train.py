@@ -134,13 +134,13 @@ def collect(
         return loop.collect(env, agent, buffer, random_plans, _components, "dice")
     indices = env._rng.integers(0, len(env.pairs), size=env.batch_size)
     stages = [e for e in (coarse_env, env, fine_env) if e is not None]
-    stats, start, total = [], None, 0.0
-    for i, stage in enumerate(stages):
-        if i:
-            start = upsample_field(stages[i - 1].field, 2, stage.pairs.spatial_shape)
-        options = {"indices": indices} | ({"field": start} if i else {})
+    stats = []
+    for previous, stage in zip([None, *stages], stages):
+        options = {"indices": indices}
+        if previous is not None:  # start from the previous grid's last field
+            options["field"] = upsample_field(previous.field, 2, stage.pairs.spatial_shape)
         stats.append(loop.collect(stage, agent, buffer, random_plans, _components, "dice", options))
-        total += stats[-1]["return"]
+    total = sum(s["return"] for s in stats)
     return {"dice_initial": stats[0]["dice_initial"], "dice_final": stats[-1]["dice_final"], "return": total}
 
 
