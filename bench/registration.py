@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
-from rli2it_med.api import Registrator  # noqa: E402
+from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
 from rli2it_med.registration.warp import identity_grid, warp  # noqa: E402
@@ -210,7 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", help="rli2it checkpoint (default runs/brain{dim}d/best.pt)")
     parser.add_argument("--pairs", type=int, help="test pairs (default: all; --quick: 5)")
     parser.add_argument("--steps", type=int, help="rli2it steps at test time (default: the model's)")
-    parser.add_argument("--coarse-steps", type=int, help="rli2it coarse steps first (default: the model's)")
+    parser.add_argument(
+        "--coarse-steps",
+        type=parse_coarse_steps,
+        help="rli2it coarse steps first, or per level, coarsest first: 1,2 (default: the model's)",
+    )
     parser.add_argument("--fine-steps", type=int, help="rli2it fine steps last (default: the model's)")
     parser.add_argument("--vm-minutes", type=float, help="VoxelMorph training budget (default: rli2it's)")
     parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
@@ -254,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     trained_t = reg.trained_steps
     steps, fine = args.steps or reg.net.steps, reg.net.fine_steps
     print(
-        f"rli2it: {reg.net.coarse_steps} coarse steps, then {steps} steps, then {fine} fine steps at test time "
+        f"rli2it: {format_coarse_steps(reg.net.coarse_steps)} coarse steps, then {steps} steps, then {fine} fine "
+        "steps at test time "
         f"(episode length in training T = {trained_t})"
     )
     if fine:  # the curve goes on past the default number of fine steps, as it goes past T without them

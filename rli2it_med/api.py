@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,54 @@ from rli2it_med.registration.rewards import mean_dice
 from rli2it_med.registration.task import upgrade_config
 from rli2it_med.registration.warp import warp
 
-__all__ = ["RegistrationResult", "Registrator", "StepwiseRegistrationNet", "load_model", "resolve_device"]
+__all__ = [
+    "RegistrationResult",
+    "Registrator",
+    "StepwiseRegistrationNet",
+    "coarse_levels",
+    "format_coarse_steps",
+    "load_model",
+    "parse_coarse_steps",
+    "resolve_device",
+]
+
+CoarseSteps = int | tuple[int, ...]
+
+
+def coarse_levels(coarse_steps: int | Sequence[int]) -> tuple[int, ...]:
+    """Coarse steps per level, coarsest first: ``k`` is ``(k,)`` (k steps on the grid twice coarser), ``(j, k)`` is
+    j steps on the grid four times coarser, then k on the grid twice coarser; leading empty levels are dropped."""
+    if isinstance(coarse_steps, (int, np.integer)):
+        levels = (int(coarse_steps),)
+    else:
+        try:
+            levels = tuple(coarse_steps)
+        except TypeError:
+            raise ValueError(f"coarse_steps must be an integer or a sequence of them, got {coarse_steps!r}") from None
+        if not all(isinstance(k, (int, np.integer)) for k in levels):
+            raise ValueError(f"coarse_steps must be an integer or a sequence of them, got {coarse_steps!r}")
+    levels = tuple(int(k) for k in levels)
+    while len(levels) > 1 and levels[0] == 0:
+        levels = levels[1:]
+    return levels or (0,)
+
+
+def format_coarse_steps(coarse_steps: int | Sequence[int]) -> str:
+    """``"2"`` or ``"1,2"`` (coarsest level first), as ``--coarse-steps`` takes them."""
+    return ",".join(str(k) for k in coarse_levels(coarse_steps))
+
+
+def parse_coarse_steps(text: str) -> CoarseSteps:
+    """The inverse of :func:`format_coarse_steps`: ``"2"`` -> 2, ``"1,2"`` -> (1, 2)."""
+    try:
+        levels = coarse_levels(tuple(int(k) for k in text.split(",")))
+    except ValueError:
+        raise ValueError(
+            f"coarse steps must be a count or counts per level separated by commas, got {text!r}"
+        ) from None
+    if min(levels) < 0:
+        raise ValueError(f"coarse steps must be >= 0, got {text!r}")
+    return levels[0] if len(levels) == 1 else levels
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -114,7 +162,9 @@ class StepwiseRegistrationNet(nn.Module):
             (the episode end of agents trained with ``EnvConfig.stop_dice``, e.g. DigitsTransform).
         coarse_steps: steps run first on the episode grid coarsened twice more (the pair block-averaged by
             ``2 * grid_scale``); their field, upsampled, starts the ``steps`` steps on the episode grid. A coarse
-            start reaches large displacements a purely local policy misses (``bench/loss_grid.py``).
+            start reaches large displacements a purely local policy misses (``bench/loss_grid.py``). A sequence
+            runs a pyramid, coarsest level first: ``(1, 2)`` is 1 step at ``4 * grid_scale``, then 2 steps at
+            ``2 * grid_scale`` from its field upsampled (:func:`coarse_levels`); kept as an integer for one level.
         fine_steps: steps run last on the grid twice finer than the episode grid (the input grid when
             ``grid_scale`` is 2), from the episode's field upsampled: the same agent (its step fields are in voxels of
             the grid it acts on) finishes at full resolution what it aligned on the pooled grid. Needs an even
@@ -128,7 +178,7 @@ class StepwiseRegistrationNet(nn.Module):
         max_step: float = 2.0,
         grid_scale: int = 1,
         stop_dice: float | None = None,
-        coarse_steps: int = 0,
+        coarse_steps: int | Sequence[int] = 0,
         fine_steps: int = 0,
     ) -> None:
         super().__init__()
@@ -146,8 +196,21 @@ class StepwiseRegistrationNet(nn.Module):
     def spatial_dims(self) -> int:
         return self.agent.config.spatial_dims
 
-    def _check_steps(self, steps: int, coarse_steps: int, fine_steps: int) -> tuple[int, int]:
-        if steps < 0 or coarse_steps < 0 or fine_steps < 0:
+    @property
+    def coarse_steps(self) -> CoarseSteps:
+        """Coarse steps run by default: an integer for one level, a tuple per level (coarsest first) for more."""
+        return self._coarse_steps
+
+    @coarse_steps.setter
+    def coarse_steps(self, value: int | Sequence[int]) -> None:
+        levels = coarse_levels(value)
+        if min(levels) < 0:
+            raise ValueError(f"coarse_steps must be >= 0, got {value}")
+        self._coarse_steps = levels[0] if len(levels) == 1 else levels
+
+    def _check_steps(self, steps: int, coarse_steps: int | Sequence[int], fine_steps: int) -> tuple[CoarseSteps, int]:
+        levels = coarse_levels(coarse_steps)
+        if steps < 0 or min(levels) < 0 or fine_steps < 0:
             raise ValueError(
                 f"steps, coarse_steps and fine_steps must be >= 0, got {steps}, {coarse_steps}, {fine_steps}"
             )
@@ -155,7 +218,7 @@ class StepwiseRegistrationNet(nn.Module):
             raise ValueError(
                 f"fine_steps need a grid twice finer than the episode grid: an even grid_scale, got {self.grid_scale}"
             )
-        return int(coarse_steps), int(fine_steps)
+        return (levels[0] if len(levels) == 1 else levels), int(fine_steps)
 
     def trajectory(
         self,
@@ -164,7 +227,7 @@ class StepwiseRegistrationNet(nn.Module):
         steps: int | None = None,
         fixed_seg: torch.Tensor | None = None,
         moving_seg: torch.Tensor | None = None,
-        coarse_steps: int | None = None,
+        coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
     ) -> list[tuple[int, torch.Tensor]]:
         """Run the episode on (B, 1, *S) tensors; return ``(scale, Phi_t)`` for t = 0..T+F, each field on the grid
@@ -181,9 +244,12 @@ class StepwiseRegistrationNet(nn.Module):
         scale, shape = self.grid_scale, tuple(fixed.shape[2:])
         segs = (fixed_seg, moving_seg)
         start = None
-        if coarse_steps:
-            field = self._episode(fixed, moving, 2 * scale, coarse_steps, *segs)[-1]
-            start = upsample_field(field, 2, coarse_shape(shape, scale))
+        levels = coarse_levels(coarse_steps)
+        for level, k in enumerate(levels):
+            if k or start is not None:  # a level after a coarser one passes its field on even without steps
+                level_scale = scale * 2 ** (len(levels) - level)
+                field = self._episode(fixed, moving, level_scale, k, *segs, start)[-1]
+                start = upsample_field(field, 2, coarse_shape(shape, level_scale // 2))
         fields = [(scale, f) for f in self._episode(fixed, moving, scale, steps, *segs, start)]
         if fine_steps:
             start = upsample_field(fields[-1][1], 2, coarse_shape(shape, scale // 2))
@@ -197,7 +263,7 @@ class StepwiseRegistrationNet(nn.Module):
         steps: int | None = None,
         fixed_seg: torch.Tensor | None = None,
         moving_seg: torch.Tensor | None = None,
-        coarse_steps: int | None = None,
+        coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`trajectory`, returning ``Phi_T+F`` on the input grid and the fields ``Phi_t`` on their own grids."""
@@ -257,7 +323,7 @@ class StepwiseRegistrationNet(nn.Module):
             net.agent.load_state_dict(payload["state_dict"])
             val = payload.get("val", {})
             net.coarse_steps, net.fine_steps = net._check_steps(
-                net.steps, int(val.get("coarse_steps", 0)), int(val.get("fine_steps", 0))
+                net.steps, val.get("coarse_steps", 0), int(val.get("fine_steps", 0))
             )
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
@@ -345,7 +411,7 @@ class Registrator:
         fixed_seg: Any | None = None,
         moving_seg: Any | None = None,
         keep_steps: bool = False,
-        coarse_steps: int | None = None,
+        coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
     ) -> RegistrationResult:
         """Register ``moving`` onto ``fixed`` in ``steps`` steps (default: the model's).
@@ -355,8 +421,9 @@ class Registrator:
             steps: number of agent steps T.
             fixed_seg, moving_seg: optional label maps of the same shape; give both to get the Dice trajectory.
             keep_steps: also return the accumulated field after every step.
-            coarse_steps: steps first run on a grid twice coarser (default: the model's, see
-                :class:`StepwiseRegistrationNet`); the trajectory then starts from their field.
+            coarse_steps: steps first run on a grid twice coarser, or per level of a coarser pyramid, coarsest
+                first (default: the model's, see :class:`StepwiseRegistrationNet`); the trajectory then starts
+                from their field.
             fine_steps: steps run last on a grid twice finer (default: the model's); the trajectory (``dice``,
                 ``step_fields``) goes on with them after the ``steps`` steps.
         """

@@ -281,7 +281,8 @@ def run_training(
         torch.set_rng_state(rng)
         agent.train()
         for k, v in summary.items():
-            logger.record(f"val/{k}", v)
+            if isinstance(v, (int, float)):  # not the settings a validation may report as lists (coarse steps)
+                logger.record(f"val/{k}", v)
         logger.record("time/elapsed_min", state["elapsed"] / 60)
         logger.record("time/peak_rss_mb", peak_memory_mb())
         logger.record("train/lr_aux", sac.aux_optimizer.param_groups[0]["lr"])

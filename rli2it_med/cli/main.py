@@ -48,15 +48,32 @@ def _train(args: argparse.Namespace) -> int:
     if args.reward is not None:
         cfg.env.reward = args.reward
     if args.coarse_steps is not None:
-        cfg.coarse_steps = args.coarse_steps
+        cfg.coarse_steps = list(c) if isinstance(c := args.coarse_steps, tuple) else c  # the run's config.json
     if args.fine_steps is not None:
         cfg.fine_steps = args.fine_steps
     _report(train(cfg, resume=args.resume, progress=not args.quiet))
     return 0
 
 
-MAX_COARSE_STEPS = 4  # evaluate --save-steps tries 0..4 coarse steps
+MAX_COARSE_STEPS = 4  # evaluate --save-steps tries 0..4 coarse steps,
+MAX_COARSER_STEPS = 2  # after 0..2 steps on the grid twice coarser still,
 MAX_FINE_STEPS = 8  # and 0..8 fine steps (models on a pooled grid)
+
+
+def _coarse_steps(text: str):
+    """``--coarse-steps``: a count, or counts per level separated by commas (coarsest first)."""
+    from rli2it_med.api import parse_coarse_steps
+
+    try:
+        return parse_coarse_steps(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _coarse_candidates() -> list:
+    """What ``evaluate --save-steps`` tries, simplest first: k coarse steps, then j steps a level coarser before."""
+    single = list(range(MAX_COARSE_STEPS + 1))
+    return single + [(j, k) for j in range(1, MAX_COARSER_STEPS + 1) for k in single]
 
 
 def _curve(values) -> str:
@@ -67,7 +84,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from rli2it_med.api import Registrator
+    from rli2it_med.api import Registrator, format_coarse_steps
     from rli2it_med.io import load_dataset
     from rli2it_med.registration.data import PairDataset
     from rli2it_med.registration.train import evaluate, gm_wm_dice, summarize
@@ -90,38 +107,42 @@ def _evaluate(args: argparse.Namespace) -> int:
         fine = reg.net.fine_steps
         reg.net.fine_steps = 0
         curves = {}
-        for k in [args.coarse_steps] if args.coarse_steps is not None else range(MAX_COARSE_STEPS + 1):
+        for k in [args.coarse_steps] if args.coarse_steps is not None else _coarse_candidates():
             reg.net.coarse_steps = k
             m = evaluate(reg, pairs, steps=trained, limit=args.limit, hd95=False, progress=not args.quiet)
             curves[k] = m["dice_steps"].mean(0)
-            print(f"  {k} coarse steps, then Dice after each step t: " + _curve(curves[k]))
-        coarse = max(curves, key=lambda k: curves[k][1:].max())  # the first of equals: fewer coarse steps
-        chosen = {"coarse_steps": coarse, "steps": best_step(curves[coarse])}
+            print(f"  {format_coarse_steps(k)} coarse steps, then Dice after each step t: " + _curve(curves[k]))
+        coarse = max(curves, key=lambda k: curves[k][1:].max())  # the first of equals: the simpler start
+        chosen = {"coarse_steps": list(coarse) if isinstance(coarse, tuple) else coarse}
+        chosen["steps"] = best_step(curves[coarse])
         reg.net.coarse_steps, steps = coarse, chosen["steps"]
         if args.fine_steps is None and reg.grid_scale % 2 == 0:
             reg.net.fine_steps = MAX_FINE_STEPS
             m = evaluate(reg, pairs, steps=steps, limit=args.limit, hd95=False, progress=not args.quiet)
             curve = m["dice_steps"].mean(0)[steps:]
-            print(f"  {coarse} coarse steps, {steps} steps, then Dice after each fine step: " + _curve(curve))
+            print(
+                f"  {format_coarse_steps(coarse)} coarse steps, {steps} steps, then Dice after each fine step: "
+                + _curve(curve)
+            )
             fine = int(np.argmax(curve))  # the first of equals: fewer fine steps
         chosen["fine_steps"] = reg.net.fine_steps = fine
         payload = load_checkpoint(args.model)
         payload.setdefault("val", {}).update(chosen)
         save_checkpoint(args.model, payload.pop("config"), payload.pop("state_dict"), **payload)
-        choice = f"{coarse} coarse steps, {steps} steps and {fine} fine steps"
+        choice = f"{format_coarse_steps(coarse)} coarse steps, {steps} steps and {fine} fine steps"
         print(f"wrote {args.model}: {choice} by default (best mean Dice)")
     metrics = evaluate(reg, pairs, steps=steps, limit=args.limit, hd95=not args.no_hd95, progress=not args.quiet)
     summary = summarize(metrics, meta.get("label_names"))
     summary["dice_gm_wm"] = gm_wm_dice(metrics)
     summary["pairs"] = int(len(metrics["dice"]))
-    summary["coarse_steps"] = reg.net.coarse_steps
+    summary["coarse_steps"] = list(c) if isinstance(c := reg.net.coarse_steps, tuple) else c
     summary["fine_steps"] = reg.net.fine_steps
     curve = metrics["dice_steps"].mean(0)
     print(f"{args.model} on {args.data} [{args.split}, {args.pairs} pairs, n={summary['pairs']}]")
     width = max(len(k) for k in summary)
     for k, v in summary.items():
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
-    after = f" (after {reg.net.coarse_steps} coarse steps)" if reg.net.coarse_steps else ""
+    after = f" (after {format_coarse_steps(reg.net.coarse_steps)} coarse steps)" if reg.net.coarse_steps else ""
     after += f" (the last {reg.net.fine_steps} on the grid twice finer)" if reg.net.fine_steps else ""
     print(f"  Dice after each step t{after}: " + _curve(curve))
     summary["dice_per_step"] = [float(x) for x in np.asarray(curve)]
@@ -645,7 +666,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Dice reward on the label maps, or on k-means pseudo-segmentations (the paper's unsupervised mode)",
     )
     t.add_argument(
-        "--coarse-steps", type=int, help="every episode starts with this many steps on a grid twice coarser (default 0)"
+        "--coarse-steps",
+        type=_coarse_steps,
+        help="every episode starts with this many steps on a grid twice coarser, or with steps per level of a coarser "
+        "pyramid, coarsest first: 1,2 (default 0)",
     )
     t.add_argument(
         "--fine-steps",
@@ -664,14 +688,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--limit", type=int, help="first N pairs only")
     e.add_argument("--no-hd95", action="store_true")
-    e.add_argument("--coarse-steps", type=int, help="steps first run on a grid twice coarser (default: the model's)")
+    e.add_argument(
+        "--coarse-steps",
+        type=_coarse_steps,
+        help="steps first run on a grid twice coarser, or per level of a coarser pyramid, coarsest first: 1,2 = 1 step "
+        "four times coarser, then 2 twice coarser (default: the model's)",
+    )
     e.add_argument(
         "--fine-steps", type=int, help="steps run last on a grid twice finer (default: the model's; pooled-grid models)"
     )
     e.add_argument(
         "--save-steps",
         action="store_true",
-        help="record the numbers of coarse steps (0-4, unless --coarse-steps), steps, and fine steps (0-8 for models "
+        help="record the numbers of coarse steps (0-4, after 0-2 a level coarser still, unless --coarse-steps), steps, "
+        "and fine steps (0-8 for models "
         "on a pooled grid, unless --fine-steps) with the best mean Dice on these pairs as MODEL's defaults (rewrites "
         "MODEL; use validation pairs)",
     )

@@ -74,16 +74,17 @@ class RegistrationTask:
     also uses); the auxiliary loss compares the images at their own resolution, the composed field upsampled
     (at 2 mm a loss on the 4 mm images caps Dice well below SyN: ``bench/loss_grid.py``, docs/benchmarks.md).
     Replayed state components: ``"index"`` (pair index) and ``"field"`` (Phi_t on the state grid, stored in half
-    precision by the buffer). With ``coarse``, replayed states may also be on the grid twice coarser
-    (``self.coarse_pairs``, where coarse steps run), with ``fine`` on the grid twice finer (``self.fine_pairs``,
-    where fine steps run); the field's shape tells which.
+    precision by the buffer). With ``coarse``, replayed states may also be on the grids 2, 4, ... times coarser
+    (``self.coarse_pairs``, where coarse steps run, the coarsest last), with ``fine`` on the grid twice finer
+    (``self.fine_pairs``, where fine steps run); the field's shape tells which.
 
     Args:
         pairs: training pairs on the image grid.
         loss: auxiliary loss options.
         device: where the batches are computed.
         grid_scale: coarsening of the state grid.
-        coarse: also rebuild states of the grid ``2 * grid_scale`` (coarse-step episodes).
+        coarse: also rebuild states of the grids ``2 * grid_scale`` ... ``2**coarse * grid_scale`` (coarse-step
+            episodes; ``True`` is one level).
         fine: also rebuild states of the grid ``grid_scale // 2`` (fine-step episodes; an even ``grid_scale``).
     """
 
@@ -93,17 +94,19 @@ class RegistrationTask:
         loss: LossConfig,
         device: torch.device | str = "cpu",
         grid_scale: int = 1,
-        coarse: bool = False,
+        coarse: int = 0,
         fine: bool = False,
     ) -> None:
         if fine and grid_scale % 2:
             raise ValueError(f"fine steps need a grid twice finer: an even grid_scale, not {grid_scale}")
         self.image_pairs = pairs
         self.pairs = pairs.coarsen(grid_scale)
-        self.coarse_pairs = pairs.coarsen(2 * grid_scale) if coarse else None
+        self.coarse_pairs = [pairs.coarsen(2**level * grid_scale) for level in range(1, int(coarse) + 1)]
         self.fine_pairs = pairs.coarsen(grid_scale // 2) if fine else None
-        grids = ((grid_scale, self.pairs), (2 * grid_scale, self.coarse_pairs), (grid_scale // 2, self.fine_pairs))
-        self._grids = {scale: grid for scale, grid in grids if grid is not None}  # state grid first
+        self._grids = {grid_scale: self.pairs}  # state grid first
+        self._grids |= {2**level * grid_scale: p for level, p in enumerate(self.coarse_pairs, 1)}
+        if fine:
+            self._grids[grid_scale // 2] = self.fine_pairs
         self.grid_scale = grid_scale
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)

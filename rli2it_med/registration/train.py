@@ -8,6 +8,7 @@ The loop (rounds of collection and SAC updates, validation, checkpoints, resume)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, loop
 from rli2it_med.agent import distributed as ddp
 from rli2it_med.agent.loop import LoopConfig, peak_memory_mb
-from rli2it_med.api import Registrator
+from rli2it_med.api import Registrator, coarse_levels
 from rli2it_med.io import save_json
 from rli2it_med.registration.data import PairDataset
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
@@ -44,6 +45,8 @@ class TrainConfig(LoopConfig):
             ``2 * grid_scale`` (stored and learnt from too), and the episode proper starts from their field: the
             agent learns the coarse start that inference with as many coarse steps runs
             (:class:`~rli2it_med.api.StepwiseRegistrationNet`); validation runs them and checkpoints record them.
+            A list runs a pyramid of coarse episodes, coarsest first (``[1, 2]``: 1 step at ``4 * grid_scale``,
+            then 2 at ``2 * grid_scale``); every level needs at least one step.
         fine_steps: every training episode ends with this many steps on the pair block-averaged by
             ``grid_scale // 2`` (the images' own grid for ``grid_scale`` 2), from the episode's field upsampled;
             stored and learnt from too, run by validation and recorded by checkpoints. Needs an even ``grid_scale``.
@@ -56,7 +59,7 @@ class TrainConfig(LoopConfig):
     pairs: str = "template"
     grid_scale: int = 1
     val_pairs: int = 20
-    coarse_steps: int = 0
+    coarse_steps: int | list[int] = 0
     fine_steps: int = 0
     agent: AgentConfig = field(default_factory=AgentConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -120,20 +123,21 @@ def collect(
     agent: Agent,
     buffer: EpisodeReplayBuffer,
     random_plans: bool,
-    coarse_env: RegistrationEnv | None = None,
+    coarse_envs: Sequence[RegistrationEnv] = (),
     fine_env: RegistrationEnv | None = None,
 ) -> dict[str, float]:
     """Run one batch of registration episodes and store them; return the mean initial and final Dice.
 
-    With ``coarse_env`` (the same pairs on a grid twice coarser, episodes of the coarse steps' length), each episode
-    first runs there; its last field, upsampled, starts the episode of ``env``. With ``fine_env`` (the grid twice
+    With ``coarse_envs`` (the same pairs on grids 2**n, ..., 4, 2 times coarser, coarsest first, episodes of each
+    level's coarse steps), each episode first runs there, each level starting from the last field of the one before,
+    upsampled; the last field of the last, upsampled, starts the episode of ``env``. With ``fine_env`` (the grid twice
     finer, episodes of the fine steps' length), the last field of ``env``, upsampled, starts an episode there. All
     are stored; the initial Dice reported is the first grid's, the final Dice the last grid's.
     """
-    if coarse_env is None and fine_env is None:
+    if not coarse_envs and fine_env is None:
         return loop.collect(env, agent, buffer, random_plans, _components, "dice")
     indices = env._rng.integers(0, len(env.pairs), size=env.batch_size)
-    stages = [e for e in (coarse_env, env, fine_env) if e is not None]
+    stages = [*coarse_envs, env, *([fine_env] if fine_env is not None else [])]
     stats = []
     for previous, stage in zip([None, *stages], stages):
         options = {"indices": indices}
@@ -204,13 +208,14 @@ def gm_wm_dice(metrics: dict[str, Any]) -> float:
 def replay_bytes(cfg: TrainConfig, shape: tuple[int, ...]) -> int:
     """Bytes of the replay buffer of a run on images of ``shape`` once it is full: every episode's T+1 states, the
     accumulated field on the episode grid in half precision (plans, rewards and indices are negligible), and as many
-    coarse-step episodes on the grid twice coarser when the run has coarse steps."""
+    coarse-step episodes on each coarser grid and fine-step episodes on the finer grid when the run has them."""
     nd = len(shape)
 
     def episodes(steps: int, scale: int) -> int:
         return cfg.buffer_episodes * (steps + 1) * nd * (math.prod(shape) // scale**nd) * 2
 
-    coarse = episodes(cfg.coarse_steps, 2 * cfg.grid_scale) if cfg.coarse_steps else 0
+    levels = coarse_levels(cfg.coarse_steps)
+    coarse = sum(episodes(k, 2 ** (len(levels) - i) * cfg.grid_scale) for i, k in enumerate(levels) if k)
     fine = episodes(cfg.fine_steps, cfg.grid_scale // 2) if cfg.fine_steps else 0
     return episodes(cfg.env.max_steps, cfg.grid_scale) + coarse + fine
 
@@ -248,8 +253,12 @@ def train(
     out = Path(cfg.out)
     train_pairs = train_pairs if train_pairs is not None else PairDataset.load(cfg.data, "train", cfg.pairs)
     val_pairs = val_pairs if val_pairs is not None else PairDataset.load(cfg.data, "val", "template")
-    if cfg.coarse_steps < 0 or cfg.fine_steps < 0:
+    levels = coarse_levels(cfg.coarse_steps)
+    if min(levels) < 0 or cfg.fine_steps < 0:
         raise ValueError(f"coarse_steps and fine_steps must be >= 0, got {cfg.coarse_steps}, {cfg.fine_steps}")
+    if len(levels) > 1 and min(levels) == 0:
+        raise ValueError(f"coarse_steps {cfg.coarse_steps}: every level of a training pyramid needs a step")
+    levels = tuple(k for k in levels if k)
     if cfg.fine_steps and cfg.grid_scale % 2:
         raise ValueError(f"fine_steps need an even grid_scale (a grid twice finer), got grid_scale {cfg.grid_scale}")
     if train_pairs.spatial_dims != cfg.agent.spatial_dims:
@@ -260,18 +269,16 @@ def train(
     ddp.broadcast_module(agent)
     writer = rank == 0
     logger = Logger(out if writer else None)
-    stages = 1 + (cfg.coarse_steps > 0) + (cfg.fine_steps > 0)
+    stages = 1 + len(levels) + (cfg.fine_steps > 0)
     buffer = EpisodeReplayBuffer(cfg.buffer_episodes * stages)  # + the coarse and fine episodes
-    task = RegistrationTask(
-        train_pairs, cfg.loss, device, cfg.grid_scale, coarse=cfg.coarse_steps > 0, fine=cfg.fine_steps > 0
-    )
+    task = RegistrationTask(train_pairs, cfg.loss, device, cfg.grid_scale, coarse=len(levels), fine=cfg.fine_steps > 0)
     sac = SAC(agent, task, buffer, cfg.sac, logger, grad_reduce=ddp.average_gradients)
     env = RegistrationEnv(cfg.env, task.pairs, cfg.env_batch, device)
     env.reset(seed=cfg.seed + rank)
-    coarse_env = None
-    if cfg.coarse_steps:
-        coarse_config = replace(cfg.env, max_steps=cfg.coarse_steps)
-        coarse_env = RegistrationEnv(coarse_config, task.coarse_pairs, cfg.env_batch, device)
+    coarse_envs = [  # coarsest first; task.coarse_pairs is finest first
+        RegistrationEnv(replace(cfg.env, max_steps=k), pairs, cfg.env_batch, device)
+        for k, pairs in zip(levels, reversed(task.coarse_pairs))
+    ]
     fine_env = None
     if cfg.fine_steps:
         fine_env = RegistrationEnv(replace(cfg.env, max_steps=cfg.fine_steps), task.fine_pairs, cfg.env_batch, device)
@@ -286,11 +293,13 @@ def train(
             steps = cfg.env.max_steps
         else:
             steps = loop.best_step(metrics["dice_steps"].mean(0))
-        extra = {k: getattr(cfg, k) for k in ("coarse_steps", "fine_steps") if getattr(cfg, k)}
+        coarse = list(levels) if len(levels) > 1 else sum(levels)  # as the checkpoint keeps it
+        extra = {"coarse_steps": coarse, "fine_steps": cfg.fine_steps}
+        extra = {k: v for k, v in extra.items() if v}
         return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics), "steps": steps} | extra
 
     def collect_round(random_plans: bool) -> dict[str, float]:
-        return collect(env, agent, buffer, random_plans, coarse_env, fine_env)
+        return collect(env, agent, buffer, random_plans, coarse_envs, fine_env)
 
     return loop.run_training(
         cfg, agent, sac, env, buffer, _components, validate, model_config(cfg), "dice_gm_wm", "dice", logger, resume,

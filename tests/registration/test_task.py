@@ -39,7 +39,7 @@ def test_coarse_states_and_image_grid_loss():
 def test_a_task_with_coarse_steps_rebuilds_states_on_the_grid_of_the_replayed_field():
     pairs = toy_pairs(size=32)
     task = RegistrationTask(pairs, LossConfig(kernel_size=5), grid_scale=2, coarse=True)
-    assert task.coarse_pairs.spatial_shape == (8, 8)
+    assert [p.spatial_shape for p in task.coarse_pairs] == [(8, 8)]
     agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
     buf = EpisodeReplayBuffer(capacity=4)
     field = 0.3 * torch.randn(3, 2, 2, 8, 8)

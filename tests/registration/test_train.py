@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -145,9 +146,10 @@ def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, ca
 
     # what the choice must be: the (coarse steps, steps) of the best mean validation Dice, whole episodes scored,
     # then, for a model on a pooled grid, the number of fine steps (0 included) with the best Dice after them
+    # (coarse steps: 0-4, then 1-2 steps a level coarser before them)
     reg, val = Registrator.load(path, "cpu"), PairDataset.load(data, "val")
     best = (-1.0, None)
-    for k in range(5):
+    for k in [*range(5), *((j, k) for j in (1, 2) for k in range(5))]:
         reg.net.coarse_steps = k
         curve = evaluate(reg, val, steps=4, hd95=False)["dice_steps"].mean(0)
         if curve[1:].max() > best[0]:
@@ -162,7 +164,8 @@ def test_evaluate_save_steps_records_the_models_default_steps(data, tmp_path, ca
     args = ["evaluate", "--model", str(path), "--data", str(data), "--split", "val", "--no-hd95", "--quiet"]
     assert cli([*args, "--save-steps", "--json", str(out)]) == 0
     summary = io.load_json(out)
-    assert (summary["coarse_steps"], summary["steps"], summary["fine_steps"]) == best[1]
+    stored = list(best[1][0]) if isinstance(best[1][0], tuple) else best[1][0]  # JSON and checkpoints: a list
+    assert (summary["coarse_steps"], summary["steps"], summary["fine_steps"]) == (stored, *best[1][1:])
     assert np.isclose(summary["dice_per_step"][-1], best[0])  # the printed scores are those of the chosen setting
     net = StepwiseRegistrationNet.from_checkpoint(path)
     assert (net.coarse_steps, net.steps, net.fine_steps) == best[1]
@@ -196,6 +199,55 @@ def test_coarse_steps_start_the_episode_from_their_field(data):
     assert not torch.allclose(field, plain)
     with pytest.raises(ValueError, match="coarse_steps"):
         net.rollout(pair.fixed, pair.moving, coarse_steps=-1)
+
+
+def test_a_pyramid_of_coarse_steps_starts_each_level_from_the_coarser_levels_field(data):
+    """(j, k) coarse steps: j steps on the grid four times coarser, then k steps twice coarser from their field."""
+    from rli2it_med.agent import Agent
+    from rli2it_med.api import StepwiseRegistrationNet, coarse_levels, format_coarse_steps, parse_coarse_steps
+    from rli2it_med.registration.grid import upsample_field
+    from rli2it_med.registration.task import agent_config
+
+    torch.manual_seed(0)
+    agent = Agent(agent_config(2, channels=(4, 8), critic_channels=(4, 8), plan_dim=8))
+    with torch.no_grad():
+        agent.actor.out.weight.normal_(0, 0.05)
+    net = StepwiseRegistrationNet(agent, steps=2, coarse_steps=(1, 2)).eval()
+    assert net.coarse_steps == (1, 2)
+    pair = PairDataset.load(data, "val").get([0, 1])
+    with torch.no_grad():
+        field, fields = net.rollout(pair.fixed, pair.moving)
+        half = StepwiseRegistrationNet(agent, steps=2, grid_scale=2, coarse_steps=1).eval()
+        start, _ = half.rollout(pair.fixed, pair.moving)  # 1 step at scale 4, then 2 at scale 2, upsampled
+        single = net.trajectory(pair.fixed, pair.moving, coarse_steps=(0, 2))
+        plain = net.trajectory(pair.fixed, pair.moving, coarse_steps=2)
+        quarter = StepwiseRegistrationNet(agent, steps=1, grid_scale=4).eval()
+        only_coarsest = net.trajectory(pair.fixed, pair.moving, coarse_steps=(1, 0))
+        coarsest = quarter.trajectory(pair.fixed, pair.moving)[-1][1]  # a level without steps passes it on:
+        expected = upsample_field(upsample_field(coarsest, 2, (32, 32)), 2, (64, 64))  # upsampled level by level
+    assert len(fields) == 3
+    torch.testing.assert_close(fields[0], start, atol=0, rtol=0)
+    assert not torch.allclose(fields[0], plain[0][1])
+    for (_, a), (_, b) in zip(single, plain):  # leading empty levels change nothing
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    torch.testing.assert_close(only_coarsest[0][1], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(upsample_field(fields[-1], 1, (64, 64)), field, atol=0, rtol=0)
+
+    assert coarse_levels(3) == (3,) and coarse_levels([0, 0, 2]) == (2,) and coarse_levels(()) == (0,)
+    assert parse_coarse_steps("1,3") == (1, 3) and parse_coarse_steps("0,2") == 2
+    assert format_coarse_steps((1, 3)) == "1,3"
+    net.coarse_steps = [0, 4]
+    assert net.coarse_steps == 4
+    for bad in ("x", "1,,2"):
+        with pytest.raises(ValueError, match="counts per level"):
+            parse_coarse_steps(bad)
+    for bad in ((1, -1), -2):
+        with pytest.raises(ValueError, match="coarse_steps"):
+            net.rollout(pair.fixed, pair.moving, coarse_steps=bad)
+    with pytest.raises(ValueError, match="integer or a sequence"):
+        StepwiseRegistrationNet(agent, coarse_steps=(1.5, 2))
+    with pytest.raises(SystemExit):
+        cli(["evaluate", "--model", "m.pt", "--data", str(data), "--coarse-steps", "1;2"])
 
 
 def test_fine_steps_go_on_from_the_episodes_field_on_the_grid_twice_finer(data):
@@ -253,7 +305,7 @@ def test_training_with_coarse_steps_stores_both_grids_and_starts_each_episode_fr
     coarse_env = RegistrationEnv(EnvConfig(max_steps=2), pairs.coarsen(2), batch_size=2)
     env.reset(seed=0)
     buffer = EpisodeReplayBuffer(8)
-    stats = collect(env, agent, buffer, False, coarse_env)
+    stats = collect(env, agent, buffer, False, [coarse_env])
     coarse, fine = buffer._episodes[:2], buffer._episodes[2:]
     assert [e["states"]["field"].shape for e in coarse] == [(3, 2, 32, 32)] * 2
     assert [e["states"]["field"].shape for e in fine] == [(4, 2, 64, 64)] * 2
@@ -275,6 +327,48 @@ def test_training_with_coarse_steps_stores_both_grids_and_starts_each_episode_fr
         train(default_config(2, data=str(data), out=str(tmp_path / "bad"), coarse_steps=-1), progress=False)
 
 
+def test_training_with_a_pyramid_of_coarse_steps_runs_each_level_from_the_coarser_ones_field(data, tmp_path):
+    from rli2it_med.agent import Agent, EpisodeReplayBuffer
+    from rli2it_med.registration.env import EnvConfig, RegistrationEnv
+    from rli2it_med.registration.grid import upsample_field
+    from rli2it_med.registration.task import LossConfig, RegistrationTask, agent_config
+    from rli2it_med.registration.train import collect, replay_bytes
+
+    torch.manual_seed(0)
+    pairs = PairDataset.load(data, "train")
+    agent = Agent(agent_config(2, channels=(4, 8), critic_channels=(4, 8), plan_dim=8))
+    task = RegistrationTask(pairs, LossConfig(), "cpu", coarse=2)
+    assert [p.spatial_shape for p in task.coarse_pairs] == [(32, 32), (16, 16)]  # twice, four times coarser
+    envs = [
+        RegistrationEnv(EnvConfig(max_steps=n), p, batch_size=2)
+        for n, p in ((1, task.coarse_pairs[1]), (2, task.coarse_pairs[0]), (3, task.pairs))
+    ]
+    envs[2].reset(seed=0)
+    buffer = EpisodeReplayBuffer(8)
+    collect(envs[2], agent, buffer, False, envs[:2])
+    coarsest, coarse, episode = buffer._episodes[:2], buffer._episodes[2:4], buffer._episodes[4:]
+    assert [e["states"]["field"].shape for e in coarsest] == [(2, 2, 16, 16)] * 2
+    assert [e["states"]["field"].shape for e in coarse] == [(3, 2, 32, 32)] * 2
+    assert [e["states"]["field"].shape for e in episode] == [(4, 2, 64, 64)] * 2
+    for before, after, shape in ((coarsest, coarse, (32, 32)), (coarse, episode, (64, 64))):
+        start = upsample_field(before[0]["states"]["field"][-1:].float(), 2, shape)[0]
+        torch.testing.assert_close(after[0]["states"]["field"][0].float(), start, atol=1e-2, rtol=0)  # half precision
+    for e in buffer._episodes:  # replayed states of every grid are rebuilt on their own grid
+        grid, scale = task._grid(e["states"]["field"][:1])
+        assert grid.spatial_shape == tuple(e["states"]["field"].shape[2:]) and scale == 64 // grid.spatial_shape[0]
+
+    cfg = default_config(2, data=str(data), out=str(tmp_path / "run"), minutes=None, max_updates=4)
+    cfg.coarse_steps, cfg.env_batch, cfg.batch_size = [1, 2], 2, 2
+    cfg.eval_every, cfg.val_pairs, cfg.bootstrap_rounds, cfg.updates_per_round = 4, 2, 1, 4
+    one_level = replay_bytes(replace(cfg, coarse_steps=2), (64, 64))
+    assert replay_bytes(cfg, (64, 64)) == one_level + cfg.buffer_episodes * 2 * 2 * 16 * 16 * 2  # + the 16x16 level
+    result = train(cfg, progress=False)
+    assert result["val"]["coarse_steps"] == [1, 2]
+    assert Registrator.load(tmp_path / "run" / "model.pt", "cpu").net.coarse_steps == (1, 2)
+    with pytest.raises(ValueError, match="every level of a training pyramid needs a step"):
+        train(default_config(2, data=str(data), out=str(tmp_path / "bad"), coarse_steps=[1, 0]), progress=False)
+
+
 def test_training_with_fine_steps_ends_each_episode_on_the_grid_twice_finer_and_learns_from_all_three(data, tmp_path):
     from rli2it_med.agent import Agent, EpisodeReplayBuffer
     from rli2it_med.registration.env import EnvConfig, RegistrationEnv
@@ -288,11 +382,11 @@ def test_training_with_fine_steps_ends_each_episode_on_the_grid_twice_finer_and_
     task = RegistrationTask(pairs, LossConfig(), "cpu", grid_scale=2, coarse=True, fine=True)
     envs = [
         RegistrationEnv(EnvConfig(max_steps=n), p, batch_size=2)
-        for n, p in ((1, task.coarse_pairs), (3, task.pairs), (2, task.fine_pairs))
+        for n, p in ((1, task.coarse_pairs[0]), (3, task.pairs), (2, task.fine_pairs))
     ]
     envs[1].reset(seed=0)
     buffer = EpisodeReplayBuffer(8)
-    stats = collect(envs[1], agent, buffer, False, envs[0], envs[2])
+    stats = collect(envs[1], agent, buffer, False, envs[:1], envs[2])
     coarse, episode, fine = buffer._episodes[:2], buffer._episodes[2:4], buffer._episodes[4:]  # one per pair
     assert [e["states"]["field"].shape for e in coarse] == [(2, 2, 16, 16)] * 2
     assert [e["states"]["field"].shape for e in episode] == [(4, 2, 32, 32)] * 2
