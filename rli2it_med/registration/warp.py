@@ -5,9 +5,14 @@ Convention (the same as :class:`monai.networks.blocks.Warp`): a displacement fie
 (``warped(x) = image(x + ddf(x))``) and voxel centres sit on ``align_corners=True`` positions.
 
 MONAI's ``Warp`` rebuilds its reference grid on every call; here the grid is cached per shape, device and dtype.
+PyTorch's 3D CPU sampler runs on one thread: without autograd, a large 3D warp on the CPU is split into slabs
+sampled on ``torch.get_num_threads()`` threads (the result is identical).
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +20,8 @@ import torch.nn.functional as F
 __all__ = ["identity_grid", "warp", "compose", "check_field"]
 
 _GRID_CACHE: dict[tuple, torch.Tensor] = {}
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, threads, pool)
+_SLAB_MIN_VOXELS = 2**15  # smaller 3D warps are not worth the threads
 _MODES = ("bilinear", "nearest")
 _PADDINGS = ("border", "zeros", "reflection")
 
@@ -94,10 +101,41 @@ def warp(
     grid = grid.movedim(1, -1) * scale - 1.0  # (B, *S, ndim) in [-1, 1]
     grid = grid.flip(-1)  # grid_sample wants (x, y[, z]) = reversed axis order
     source = image if image.is_floating_point() else image.to(ddf.dtype)
-    out = F.grid_sample(source.to(ddf.dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    out = _grid_sample(source.to(ddf.dtype), grid, mode, padding_mode)
     if not image.is_floating_point():
         out = out.round().to(image.dtype)
     return out
+
+
+def _grid_sample(source: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
+    """``F.grid_sample`` (``align_corners=True``); a 3D CPU one without autograd runs as slabs of the output's first
+    axis on ``torch.get_num_threads()`` threads."""
+    threads = torch.get_num_threads()
+    slabs = (
+        grid.ndim == 5
+        and grid.device.type == "cpu"
+        and threads > 1
+        and grid.shape[1] >= threads
+        and grid[..., 0].numel() >= _SLAB_MIN_VOXELS
+        and not (torch.is_grad_enabled() and (source.requires_grad or grid.requires_grad))
+    )
+    if not slabs:
+        return F.grid_sample(source, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+    def sample(part: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(source, part, mode=mode, padding_mode=padding_mode, align_corners=True)
+
+    return torch.cat(list(_pool(threads).map(sample, grid.chunk(threads, dim=1))), dim=2)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The warp threads of this process (a forked child or a new thread count gets its own)."""
+    global _POOL
+    if _POOL is None or _POOL[:2] != (os.getpid(), threads):
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)
+        _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="rli2it-warp"))
+    return _POOL[2]
 
 
 def compose(previous: torch.Tensor, step: torch.Tensor) -> torch.Tensor:

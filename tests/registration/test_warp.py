@@ -85,3 +85,38 @@ def test_warp_of_a_block_equals_the_block_of_the_warp(shape):
     torch.testing.assert_close(warp(image, ddf[block], origin=origin), warp(image, ddf)[block])
     with pytest.raises(ValueError, match="must fit inside"):
         warp(image, ddf[block], origin=tuple(s - 1 for s in shape))
+
+
+def test_a_large_3d_cpu_warp_on_threads_equals_the_one_thread_warp():
+    """Without autograd a 3D CPU warp is sampled in slabs on torch's threads; the result must not change."""
+    shape = (40, 36, 32)
+    image, field = smooth_image(shape), smooth_field(shape, amplitude=4.0)
+    labels = (image * 4).long()
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                results[n] = (
+                    warp(image, field),
+                    warp(labels, field, "nearest"),
+                    warp(image, field, padding_mode="zeros"),
+                )
+    finally:
+        torch.set_num_threads(threads)
+    from rli2it_med.registration import warp as warp_module
+
+    assert warp_module._POOL is not None and warp_module._POOL[1] == 3  # the threads did sample
+    for one, many in zip(results[1], results[3]):
+        assert torch.equal(one, many)
+    assert results[3][1].dtype == torch.long
+
+    # with autograd the plain sampler runs: gradients reach the field
+    torch.set_num_threads(max(threads, 2))
+    try:
+        field.requires_grad_(True)
+        warp(image, field).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    assert field.grad is not None and field.grad.abs().sum() > 0
