@@ -36,6 +36,7 @@ __all__ = [
     "StepwiseRegistrationNet",
     "coarse_levels",
     "format_coarse_steps",
+    "kept_coarse_steps",
     "load_model",
     "parse_coarse_steps",
     "resolve_device",
@@ -67,6 +68,13 @@ def format_coarse_steps(coarse_steps: int | Sequence[int]) -> str:
     return ",".join(str(k) for k in coarse_levels(coarse_steps))
 
 
+def kept_coarse_steps(coarse_steps: int | Sequence[int], container: type = tuple) -> Any:
+    """Coarse steps as they are kept: an integer for one level, else ``container`` of the levels (``tuple`` on
+    networks, ``list`` in checkpoints, configs and JSON)."""
+    levels = coarse_levels(coarse_steps)
+    return levels[0] if len(levels) == 1 else container(levels)
+
+
 def parse_coarse_steps(text: str) -> CoarseSteps:
     """The inverse of :func:`format_coarse_steps`: ``"2"`` -> 2, ``"1,2"`` -> (1, 2)."""
     try:
@@ -77,7 +85,7 @@ def parse_coarse_steps(text: str) -> CoarseSteps:
         ) from None
     if min(levels) < 0:
         raise ValueError(f"coarse steps must be >= 0, got {text!r}")
-    return levels[0] if len(levels) == 1 else levels
+    return kept_coarse_steps(levels)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -203,14 +211,13 @@ class StepwiseRegistrationNet(nn.Module):
 
     @coarse_steps.setter
     def coarse_steps(self, value: int | Sequence[int]) -> None:
-        levels = coarse_levels(value)
-        if min(levels) < 0:
+        if min(coarse_levels(value)) < 0:
             raise ValueError(f"coarse_steps must be >= 0, got {value}")
-        self._coarse_steps = levels[0] if len(levels) == 1 else levels
+        self._coarse_steps = kept_coarse_steps(value)
 
-    def _check_steps(self, steps: int, coarse_steps: int | Sequence[int], fine_steps: int) -> tuple[CoarseSteps, int]:
-        levels = coarse_levels(coarse_steps)
-        if steps < 0 or min(levels) < 0 or fine_steps < 0:
+    def _check_steps(self, steps: int, coarse_steps: Any, fine_steps: int) -> tuple[Any, int]:
+        """Refuse negative counts and fine steps without a grid twice finer; return coarse and fine steps."""
+        if steps < 0 or min(coarse_levels(coarse_steps)) < 0 or fine_steps < 0:
             raise ValueError(
                 f"steps, coarse_steps and fine_steps must be >= 0, got {steps}, {coarse_steps}, {fine_steps}"
             )
@@ -218,7 +225,7 @@ class StepwiseRegistrationNet(nn.Module):
             raise ValueError(
                 f"fine_steps need a grid twice finer than the episode grid: an even grid_scale, got {self.grid_scale}"
             )
-        return (levels[0] if len(levels) == 1 else levels), int(fine_steps)
+        return coarse_steps, int(fine_steps)
 
     def trajectory(
         self,

@@ -281,7 +281,7 @@ def run_training(
         torch.set_rng_state(rng)
         agent.train()
         for k, v in summary.items():
-            if isinstance(v, (int, float)):  # not the settings a validation may report as lists (coarse steps)
+            if not isinstance(v, (list, tuple)):  # settings a validation reports per level (coarse steps) stay out
                 logger.record(f"val/{k}", v)
         logger.record("time/elapsed_min", state["elapsed"] / 60)
         logger.record("time/peak_rss_mb", peak_memory_mb())

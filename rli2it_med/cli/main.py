@@ -48,7 +48,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.reward is not None:
         cfg.env.reward = args.reward
     if args.coarse_steps is not None:
-        cfg.coarse_steps = list(c) if isinstance(c := args.coarse_steps, tuple) else c  # the run's config.json
+        from rli2it_med.api import kept_coarse_steps
+
+        cfg.coarse_steps = kept_coarse_steps(args.coarse_steps, list)  # as the run's config.json keeps it
     if args.fine_steps is not None:
         cfg.fine_steps = args.fine_steps
     _report(train(cfg, resume=args.resume, progress=not args.quiet))
@@ -84,7 +86,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from rli2it_med.api import Registrator, format_coarse_steps
+    from rli2it_med.api import Registrator, format_coarse_steps, kept_coarse_steps
     from rli2it_med.io import load_dataset
     from rli2it_med.registration.data import PairDataset
     from rli2it_med.registration.train import evaluate, gm_wm_dice, summarize
@@ -113,7 +115,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             curves[k] = m["dice_steps"].mean(0)
             print(f"  {format_coarse_steps(k)} coarse steps, then Dice after each step t: " + _curve(curves[k]))
         coarse = max(curves, key=lambda k: curves[k][1:].max())  # the first of equals: the simpler start
-        chosen = {"coarse_steps": list(coarse) if isinstance(coarse, tuple) else coarse}
+        chosen = {"coarse_steps": kept_coarse_steps(coarse, list)}
         chosen["steps"] = best_step(curves[coarse])
         reg.net.coarse_steps, steps = coarse, chosen["steps"]
         if args.fine_steps is None and reg.grid_scale % 2 == 0:
@@ -135,7 +137,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary = summarize(metrics, meta.get("label_names"))
     summary["dice_gm_wm"] = gm_wm_dice(metrics)
     summary["pairs"] = int(len(metrics["dice"]))
-    summary["coarse_steps"] = list(c) if isinstance(c := reg.net.coarse_steps, tuple) else c
+    summary["coarse_steps"] = kept_coarse_steps(reg.net.coarse_steps, list)
     summary["fine_steps"] = reg.net.fine_steps
     curve = metrics["dice_steps"].mean(0)
     print(f"{args.model} on {args.data} [{args.split}, {args.pairs} pairs, n={summary['pairs']}]")

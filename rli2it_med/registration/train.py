@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from rli2it_med.agent import SAC, Agent, AgentConfig, EpisodeReplayBuffer, Logger, SACConfig, loop
 from rli2it_med.agent import distributed as ddp
 from rli2it_med.agent.loop import LoopConfig, peak_memory_mb
-from rli2it_med.api import Registrator, coarse_levels
+from rli2it_med.api import Registrator, coarse_levels, kept_coarse_steps
 from rli2it_med.io import save_json
 from rli2it_med.registration.data import PairDataset
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
@@ -293,8 +293,7 @@ def train(
             steps = cfg.env.max_steps
         else:
             steps = loop.best_step(metrics["dice_steps"].mean(0))
-        coarse = list(levels) if len(levels) > 1 else sum(levels)  # as the checkpoint keeps it
-        extra = {"coarse_steps": coarse, "fine_steps": cfg.fine_steps}
+        extra = {"coarse_steps": kept_coarse_steps(levels, list), "fine_steps": cfg.fine_steps}
         extra = {k: v for k, v in extra.items() if v}
         return summarize(metrics) | {"dice_gm_wm": gm_wm_dice(metrics), "steps": steps} | extra
 
