@@ -25,6 +25,22 @@ def scale_intensity(image: np.ndarray) -> np.ndarray:
     return np.clip(image / (top if top > 0 else 1.0), 0, 1).astype(np.float32)
 
 
+def _compact_labels(labels: np.ndarray) -> np.ndarray:
+    """Integer label maps in the smallest integer type that holds their values: the pool is kept that way (uint8
+    for the brain labels: an eighth of int64's memory, 7 MB less per 3D image at 2 mm) and batches are int64."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        labels = labels.astype(np.int64)  # as int64 always did: bool and float maps truncated to integers
+    if labels.size == 0:
+        return labels
+    low, high = int(labels.min()), int(labels.max())
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return labels.astype(dtype)
+    return labels.astype(np.int64)
+
+
 class Pair(NamedTuple):
     """A batch of pairs: images (B, 1, *S) float32, label maps (B, 1, *S) int64 (or None)."""
 
@@ -67,7 +83,7 @@ class PairDataset:
         if pairs.min() < 0 or pairs.max() >= len(images):
             raise ValueError(f"pair indices must lie in [0, {len(images)}), got [{pairs.min()}, {pairs.max()}]")
         self.images = torch.from_numpy(images).unsqueeze(1)
-        self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64)).unsqueeze(1)
+        self.labels = None if labels is None else torch.from_numpy(_compact_labels(labels)).unsqueeze(1)
         self.pairs = torch.from_numpy(pairs)
         self.label_values = tuple(int(v) for v in label_values)
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
@@ -169,5 +185,5 @@ class PairDataset:
         """Return the pairs at ``indices`` as one batch."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         fixed_idx, moving_idx = self.pairs[idx, 0], self.pairs[idx, 1]
-        segs = (None, None) if self.labels is None else (self.labels[fixed_idx], self.labels[moving_idx])
+        segs = (None, None) if self.labels is None else (self.labels[fixed_idx].long(), self.labels[moving_idx].long())
         return Pair(self.images[fixed_idx], self.images[moving_idx], *segs)

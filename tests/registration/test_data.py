@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from rli2it_med import io
 from rli2it_med.registration.data import PairDataset
@@ -39,3 +40,16 @@ def test_datalist_of_nifti_files(tmp_path):
         PairDataset.from_datalist(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="no 'validation'"):
         PairDataset.from_datalist(tmp_path / "datalist.json", "validation")
+
+
+@pytest.mark.parametrize(("top", "kept"), [(3, torch.uint8), (2035, torch.int16), (70000, torch.int32)])
+def test_label_pool_is_compact_and_batches_are_int64(top, kept):
+    images = np.random.default_rng(2).random((3, 8, 8)).astype(np.float32)
+    labels = np.zeros((3, 8, 8), dtype=np.int64)
+    labels[:, 2:6, 2:6] = top
+    data = PairDataset(images, labels, np.array([[0, 1], [2, 1]]), (top,))
+    assert data.labels.dtype == kept  # 3D brain labels: an eighth of the memory int64 takes
+    batch = data.get([0, 1])
+    assert batch.fixed_seg.dtype == torch.int64 and batch.moving_seg.dtype == torch.int64
+    assert np.array_equal(batch.fixed_seg[:, 0].numpy(), labels[[0, 2]])
+    assert data.coarsen(2).labels.dtype == kept
