@@ -126,7 +126,7 @@ class PairDataset:
                     lab, _ = io.load_image((path.parent / label_file).resolve())
                     if lab.shape != data.shape:
                         raise ValueError(f"{label_file}: label shape {lab.shape} differs from image {data.shape}")
-                    labels.append(np.rint(lab).astype(np.int64))
+                    labels.append(_compact_labels(np.rint(lab)))  # np.stack widens to a common type
                 spacing = spacing or [float(np.linalg.norm(affine[:3, i])) for i in range(data.ndim)]
                 pool[f] = len(images) - 1
             return pool[f]
