@@ -155,7 +155,7 @@ def dice_vs_step(reg: Registrator, pairs: PairDataset, n: int, steps: int, fine_
     curves = []
     for i in range(n):
         p = pairs.get([i])
-        res = reg.register(p.fixed, p.moving, steps, p.fixed_seg, p.moving_seg, fine_steps=fine_steps)
+        res = reg.register(p.fixed, p.moving, steps, p.fixed_seg, p.moving_seg, fine_steps=fine_steps, refine=0)
         curves.append(torch.stack([d.cpu() for d in res.dice], 1)[0].numpy())
     return np.mean(curves, 0)
 
@@ -216,6 +216,14 @@ def main(argv: list[str] | None = None) -> None:
         help="rli2it coarse steps first, or per level, coarsest first: 1,2 (default: the model's)",
     )
     parser.add_argument("--fine-steps", type=int, help="rli2it fine steps last (default: the model's)")
+    parser.add_argument("--refine", type=int, help="rli2it refinement iterations last (default: the model's)")
+    parser.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        metavar="FINE:REFINE",
+        help="more rli2it rows with these fine steps and refinement iterations, e.g. 0:2 4:0",
+    )
     parser.add_argument("--vm-minutes", type=float, help="VoxelMorph training budget (default: rli2it's)")
     parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: syn demons voxelmorph")
@@ -233,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
         reg.net.coarse_steps = args.coarse_steps
     if args.fine_steps is not None:
         reg.net.fine_steps = args.fine_steps
+    if args.refine is not None:
+        reg.net.refine = args.refine
+    also = [tuple(int(x) for x in spec.split(":")) for spec in args.also]
     rl_minutes = float(reg.metadata.get("train_minutes", 0.0))
     vm_minutes = args.vm_minutes if args.vm_minutes is not None else (1.0 if args.quick else rl_minutes)
     spacing = tuple(test.spacing)
@@ -254,12 +265,20 @@ def main(argv: list[str] | None = None) -> None:
 
     params = count_parameters(reg.agent.planner) + count_parameters(reg.agent.actor)
     rows.append(score("rli2it", ours, test, n, params, warmup=True) | {"train_min": round(rl_minutes, 1)})
+    main_row = rows[-1]
+    for fine_steps, refine in also:
+
+        def variant(pair: Pair, fine_steps=fine_steps, refine=refine) -> torch.Tensor:
+            return reg.register(pair.fixed, pair.moving, args.steps, fine_steps=fine_steps, refine=refine).field
+
+        name = f"rli2it ({fine_steps} fine, {refine} refine)"
+        rows.append(score(name, variant, test, n, params) | {"train_min": round(rl_minutes, 1)})
 
     trained_t = reg.trained_steps
     steps, fine = args.steps or reg.net.steps, reg.net.fine_steps
     print(
         f"rli2it: {format_coarse_steps(reg.net.coarse_steps)} coarse steps, then {steps} steps, then {fine} fine "
-        "steps at test time "
+        f"steps, then {reg.net.refine} refinement iterations at test time "
         f"(episode length in training T = {trained_t})"
     )
     if fine:  # the curve goes on past the default number of fine steps, as it goes past T without them
@@ -267,7 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         curve = dice_vs_step(reg, test, min(n, 20), max(2 * trained_t, steps), 0)
     plot = Path(args.plot or ROOT / f"docs/dice_vs_step_{args.dim}d.png")
-    peers = {r["method"]: np.mean([r[f"dice_{v}"] for v in LABELS.values()]) for r in rows if r["method"] != "rli2it"}
+    peers = {
+        r["method"]: np.mean([r[f"dice_{v}"] for v in LABELS.values()])
+        for r in rows
+        if not r["method"].startswith("rli2it")
+    }
     title = f"{args.dim}D brain, template-to-subject test pairs (n={min(n, 20)})"
     plot_curve(curve, peers, plot, trained_t, title, "mean Dice (CSF, GM, WM)", steps if fine else None)
 
@@ -285,8 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
         "dice_per_step": [round(float(x), 4) for x in curve],
-        "rli2it_vs_best_classic": rows[-1]["dice_gm_wm"] - best_classic,
-        "rli2it_speedup_vs_syn": (syn["s_per_pair"] / rows[-1]["s_per_pair"]) if syn else None,
+        "rli2it_vs_best_classic": main_row["dice_gm_wm"] - best_classic,
+        "rli2it_speedup_vs_syn": (syn["s_per_pair"] / main_row["s_per_pair"]) if syn else None,
     }
     print("Dice after each rli2it step: " + " ".join(f"{t}:{d:.3f}" for t, d in enumerate(curve)))
     print(json.dumps(summary))

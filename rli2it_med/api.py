@@ -26,8 +26,9 @@ from rli2it_med.agent.networks import Agent, AgentConfig
 from rli2it_med.registration.data import Pair
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
 from rli2it_med.registration.grid import coarse_shape, downsample_image, downsample_labels, upsample_field
+from rli2it_med.registration.losses import RegistrationLoss
 from rli2it_med.registration.rewards import mean_dice
-from rli2it_med.registration.task import upgrade_config
+from rli2it_med.registration.task import LossConfig, upgrade_config
 from rli2it_med.registration.warp import warp
 
 __all__ = [
@@ -177,6 +178,12 @@ class StepwiseRegistrationNet(nn.Module):
             ``grid_scale`` is 2), from the episode's field upsampled: the same agent (its step fields are in voxels of
             the grid it acts on) finishes at full resolution what it aligned on the pooled grid. Needs an even
             ``grid_scale``.
+        refine: Adam iterations run last on the auxiliary loss itself (LNCC + smoothness, no labels), from the
+            agent's field: a displacement on the episode grid added to it (instance optimisation). The agent's field
+            is a start that a few iterations improve far more than more steps do (``bench/registration.py``).
+        refine_lr: Adam's learning rate of the refinement, in voxels of the episode grid.
+        refine_loss: the auxiliary loss the refinement minimises (a :class:`LossConfig` or its dict; its LNCC
+            window, smoothness and weight are used, label and KL terms are not); checkpoints carry the training's.
     """
 
     def __init__(
@@ -188,6 +195,9 @@ class StepwiseRegistrationNet(nn.Module):
         stop_dice: float | None = None,
         coarse_steps: int | Sequence[int] = 0,
         fine_steps: int = 0,
+        refine: int = 0,
+        refine_lr: float = 0.2,
+        refine_loss: LossConfig | dict | None = None,
     ) -> None:
         super().__init__()
         if isinstance(agent, dict):
@@ -198,6 +208,10 @@ class StepwiseRegistrationNet(nn.Module):
         self.steps, self.max_step, self.grid_scale = int(steps), float(max_step), int(grid_scale)
         self.coarse_steps, self.fine_steps = self._check_steps(steps, coarse_steps, fine_steps)
         self.stop_dice = stop_dice
+        self.refine, self.refine_lr = _check_refine(refine, refine_lr)
+        if isinstance(refine_loss, dict):
+            refine_loss = LossConfig(**refine_loss)
+        self.refine_loss = refine_loss or LossConfig(kernel_size=9, smooth_weight=0.5)
         self.metadata: dict[str, Any] = {}
 
     @property
@@ -236,12 +250,14 @@ class StepwiseRegistrationNet(nn.Module):
         moving_seg: torch.Tensor | None = None,
         coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
+        refine: int | None = None,
     ) -> list[tuple[int, torch.Tensor]]:
         """Run the episode on (B, 1, *S) tensors; return ``(scale, Phi_t)`` for t = 0..T+F, each field on the grid
         of the input block-averaged by ``scale`` (:func:`~rli2it_med.registration.grid.upsample_field` brings it to
         the input grid): ``Phi_0`` (the coarse steps' field, zero without them) to ``Phi_T`` on the episode grid,
         then the fine steps' on the grid twice finer. Label maps matter only with ``stop_dice`` (pairs stop once
-        their Dice reaches it). ``None`` takes the network's own numbers of steps."""
+        their Dice reaches it). With ``refine`` iterations (:meth:`refine_field`), the refined field comes last, on
+        the input grid (scale 1). ``None`` takes the network's own numbers of steps and iterations."""
         steps = self.steps if steps is None else int(steps)
         coarse_steps, fine_steps = self._check_steps(
             steps,
@@ -261,7 +277,34 @@ class StepwiseRegistrationNet(nn.Module):
         if fine_steps:
             start = upsample_field(fields[-1][1], 2, coarse_shape(shape, scale // 2))
             fields += [(scale // 2, f) for f in self._episode(fixed, moving, scale // 2, fine_steps, *segs, start)[1:]]
+        refine, _ = _check_refine(self.refine if refine is None else refine, self.refine_lr)
+        if refine:
+            last = upsample_field(fields[-1][1], fields[-1][0], shape)
+            fields.append((1, self.refine_field(fixed, moving, last, refine)))
         return fields
+
+    def refine_field(self, fixed: torch.Tensor, moving: torch.Tensor, field: torch.Tensor, iterations: int):
+        """``field`` (B, ndim, *S) on the input grid plus a displacement on the episode grid that ``iterations``
+        Adam steps fit to the auxiliary loss ``-LNCC(fixed, Warp(moving, field)) + w * smoothness`` (the
+        smoothness of the whole field on the episode grid, in its voxels, as in training); each pair on its own."""
+        scale, shape = self.grid_scale, tuple(fixed.shape[2:])
+        cfg = self.refine_loss
+        loss = RegistrationLoss(self.spatial_dims, cfg.kernel_size, cfg.smooth_weight, cfg.smoothness)
+        refined = []
+        with torch.inference_mode(False), torch.enable_grad():
+            for i in range(fixed.shape[0]):
+                f, m, base = (x[i : i + 1].detach().clone() for x in (fixed, moving, field))
+                base_grid = downsample_image(base, scale) / scale
+                delta = torch.zeros_like(base_grid, requires_grad=True)
+                optimiser = torch.optim.Adam([delta], lr=self.refine_lr)
+                for _ in range(iterations):
+                    ddf = base + upsample_field(delta, scale, shape)
+                    value = loss(f, warp(m, ddf), base_grid + delta)["loss"]
+                    optimiser.zero_grad()
+                    value.backward()
+                    optimiser.step()
+                refined.append(base + upsample_field(delta.detach(), scale, shape))
+        return torch.cat(refined)
 
     def rollout(
         self,
@@ -272,9 +315,11 @@ class StepwiseRegistrationNet(nn.Module):
         moving_seg: torch.Tensor | None = None,
         coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
+        refine: int | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """:meth:`trajectory`, returning ``Phi_T+F`` on the input grid and the fields ``Phi_t`` on their own grids."""
-        fields = self.trajectory(fixed, moving, steps, fixed_seg, moving_seg, coarse_steps, fine_steps)
+        """:meth:`trajectory`, returning the last field on the input grid and the fields ``Phi_t`` on their own
+        grids."""
+        fields = self.trajectory(fixed, moving, steps, fixed_seg, moving_seg, coarse_steps, fine_steps, refine)
         scale, last = fields[-1]
         return upsample_field(last, scale, tuple(fixed.shape[2:])), [f for _, f in fields]
 
@@ -332,6 +377,9 @@ class StepwiseRegistrationNet(nn.Module):
             net.coarse_steps, net.fine_steps = net._check_steps(
                 net.steps, val.get("coarse_steps", 0), int(val.get("fine_steps", 0))
             )
+            net.refine, net.refine_lr = _check_refine(int(val.get("refine", 0)), float(val.get("refine_lr", 0.2)))
+            if "loss" in cfg:
+                net.refine_loss = LossConfig(**cfg["loss"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
         net.metadata = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -354,7 +402,7 @@ class StepwiseRegistrationNet(nn.Module):
         if diff:
             raise ValueError(f"{path}: a different agent than this network (config vs checkpoint: {diff})")
         self.agent.load_state_dict(other.agent.state_dict())
-        self.metadata = other.metadata
+        self.metadata, self.refine_loss = other.metadata, other.refine_loss
         return self.for_inference()
 
 
@@ -392,6 +440,7 @@ class Registrator:
         env = EnvConfig(max_steps=net.steps, max_step=net.max_step, stop_dice=net.stop_dice)
         reg = cls(net.agent, env, device, net.grid_scale)
         reg.net.coarse_steps, reg.net.fine_steps = net.coarse_steps, net.fine_steps
+        reg.net.refine, reg.net.refine_lr, reg.net.refine_loss = net.refine, net.refine_lr, net.refine_loss
         reg.metadata = net.metadata
         return reg
 
@@ -420,6 +469,7 @@ class Registrator:
         keep_steps: bool = False,
         coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
+        refine: int | None = None,
     ) -> RegistrationResult:
         """Register ``moving`` onto ``fixed`` in ``steps`` steps (default: the model's).
 
@@ -433,6 +483,8 @@ class Registrator:
                 from their field.
             fine_steps: steps run last on a grid twice finer (default: the model's); the trajectory (``dice``,
                 ``step_fields``) goes on with them after the ``steps`` steps.
+            refine: Adam iterations on the auxiliary loss from the agent's field (default: the model's, see
+                :class:`StepwiseRegistrationNet`); the refined field ends the trajectory.
         """
         nd = self.spatial_dims
         layout = _Layout(fixed, nd, "fixed")
@@ -450,7 +502,7 @@ class Registrator:
 
         start = time.perf_counter()
         fields = self.net.trajectory(
-            pair.fixed, pair.moving, steps, pair.fixed_seg, pair.moving_seg, coarse_steps, fine_steps
+            pair.fixed, pair.moving, steps, pair.fixed_seg, pair.moving_seg, coarse_steps, fine_steps, refine
         )
         field = upsample_field(fields[-1][1], fields[-1][0], shape)
         warped = warp(pair.moving, field)
@@ -480,6 +532,14 @@ class Registrator:
             step_fields=step_fields,
             seconds=seconds,
         )
+
+
+def _check_refine(iterations: int, lr: float) -> tuple[int, float]:
+    if int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"refine must be a number of iterations >= 0, got {iterations}")
+    if not lr > 0:
+        raise ValueError(f"refine_lr must be > 0, got {lr}")
+    return int(iterations), float(lr)
 
 
 def load_model(path: str | Path, device: str | torch.device | None = "auto") -> Registrator:

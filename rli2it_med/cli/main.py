@@ -100,13 +100,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         reg.net.coarse_steps = args.coarse_steps
     if args.fine_steps is not None:
         reg.net.fine_steps = args.fine_steps  # checked when it runs
+    if args.refine is not None:
+        reg.net.refine = args.refine
     steps, chosen = args.steps, {}
     if args.save_steps:
         from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
         from rli2it_med.agent.loop import best_step
 
         trained = args.steps or reg.trained_steps  # the whole trained episode
-        fine = reg.net.fine_steps
+        fine, refine = reg.net.fine_steps, reg.net.refine
+        reg.net.refine = 0  # steps are chosen on the agent's own Dice
         reg.net.fine_steps = 0
         curves = {}
         for k in [args.coarse_steps] if args.coarse_steps is not None else _coarse_candidates():
@@ -128,10 +131,14 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
             fine = int(np.argmax(curve))  # the first of equals: fewer fine steps
         chosen["fine_steps"] = reg.net.fine_steps = fine
+        if args.refine is not None:
+            chosen["refine"] = args.refine
+        reg.net.refine = refine
         payload = load_checkpoint(args.model)
         payload.setdefault("val", {}).update(chosen)
         save_checkpoint(args.model, payload.pop("config"), payload.pop("state_dict"), **payload)
         choice = f"{format_coarse_steps(coarse)} coarse steps, {steps} steps and {fine} fine steps"
+        choice += f", {refine} refinement iterations" if refine else ""
         print(f"wrote {args.model}: {choice} by default (best mean Dice)")
     metrics = evaluate(reg, pairs, steps=steps, limit=args.limit, hd95=not args.no_hd95, progress=not args.quiet)
     summary = summarize(metrics, meta.get("label_names"))
@@ -139,6 +146,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary["pairs"] = int(len(metrics["dice"]))
     summary["coarse_steps"] = kept_coarse_steps(reg.net.coarse_steps, list)
     summary["fine_steps"] = reg.net.fine_steps
+    summary["refine"] = reg.net.refine
     curve = metrics["dice_steps"].mean(0)
     print(f"{args.model} on {args.data} [{args.split}, {args.pairs} pairs, n={summary['pairs']}]")
     width = max(len(k) for k in summary)
@@ -146,6 +154,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
     after = f" (after {format_coarse_steps(reg.net.coarse_steps)} coarse steps)" if reg.net.coarse_steps else ""
     after += f" (the last {reg.net.fine_steps} on the grid twice finer)" if reg.net.fine_steps else ""
+    after += f" (the last after {reg.net.refine} refinement iterations)" if reg.net.refine else ""
     print(f"  Dice after each step t{after}: " + _curve(curve))
     summary["dice_per_step"] = [float(x) for x in np.asarray(curve)]
     summary |= chosen
@@ -698,6 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--fine-steps", type=int, help="steps run last on a grid twice finer (default: the model's; pooled-grid models)"
+    )
+    e.add_argument(
+        "--refine",
+        type=int,
+        help="Adam iterations on the auxiliary loss after the agent's steps (default: the model's; 0 = agent only); "
+        "with --save-steps, recorded as the model's default",
     )
     e.add_argument(
         "--save-steps",

@@ -11,6 +11,7 @@ from rli2it_med.agent.networks import Agent, AgentConfig
 from rli2it_med.registration.data import Pair, PairDataset
 from rli2it_med.registration.grid import upsample_field
 from rli2it_med.registration.losses import RegistrationLoss
+from rli2it_med.registration.metrics import one_hot_labels
 from rli2it_med.registration.warp import compose, warp
 
 __all__ = ["LossConfig", "RegistrationTask", "agent_config", "upgrade_config"]
@@ -18,10 +19,13 @@ __all__ = ["LossConfig", "RegistrationTask", "agent_config", "upgrade_config"]
 
 @dataclass
 class LossConfig:
-    """Auxiliary loss: ``-LNCC(window) + smooth_weight * smoothness(Phi_{t+1}) + kl_weight * KL(pi || N(0, I))``.
+    """Auxiliary loss: ``-LNCC(window) + smooth_weight * smoothness(Phi_{t+1}) + kl_weight * KL(pi || N(0, I))
+    + dice_weight * (1 - soft Dice)``.
 
     LNCC is computed on the image grid (or a random block of it, ``crop``), smoothness on the state grid's field
-    (in its voxels).
+    (in its voxels). The Dice term (weakly supervised, as VoxelMorph's auxiliary segmentation loss) needs training
+    label maps: the moving labels, one-hot and warped linearly by the field, against the fixed ones, averaged over
+    the foreground labels; at test time only the images are used.
     """
 
     kernel_size: int = 9
@@ -29,8 +33,11 @@ class LossConfig:
     smoothness: str = "diffusion"
     kl_weight: float = 0.0
     crop: int = 0  # > 0: LNCC on one random crop^ndim block per update (cheaper; windows zero-padded at its edges)
+    dice_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.dice_weight < 0:
+            raise ValueError(f"dice_weight must be >= 0, got {self.dice_weight}")
         if self.crop < 0 or 0 < self.crop < self.kernel_size:
             raise ValueError(f"crop must be 0 (whole image) or >= kernel_size {self.kernel_size}, got {self.crop}")
 
@@ -110,6 +117,8 @@ class RegistrationTask:
         self.grid_scale = grid_scale
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)
+        if loss.dice_weight and (pairs.labels is None or not pairs.label_values):
+            raise ValueError(f"dice_weight {loss.dice_weight} needs training label maps with foreground values")
         self.device = torch.device(device)
         self._cached: tuple[ReplayBatch, Pair, Pair, int] | None = None
 
@@ -145,16 +154,35 @@ class RegistrationTask:
         field = compose(batch.state["field"], agent.actor(dist.rsample(), out.skips))
         shape = tuple(images.fixed.shape[2:])
         image_field = upsample_field(field, scale, shape)
-        fixed, origin = images.fixed, None
+        fixed, origin, block = images.fixed, None, None
         if self.loss_config.crop:
             origin, block = self._crop(shape)
             image_field, fixed = image_field[block], fixed[block]
         terms = self.loss(fixed, warp(images.moving, image_field, origin=origin), field)
+        if self.loss_config.dice_weight:
+            dice = self._soft_dice(images, image_field, origin, block)
+            terms["loss"] = terms["loss"] + self.loss_config.dice_weight * (1 - dice)
+            terms["dice"] = dice.detach()
         if self.loss_config.kl_weight:
             kl = 0.5 * (out.mean.pow(2) + out.logvar.exp() - 1 - out.logvar).sum(1).mean()
             terms["loss"] = terms["loss"] + self.loss_config.kl_weight * kl
             terms["kl"] = kl.detach()
         return terms
+
+    def _soft_dice(
+        self, images: Pair, field: torch.Tensor, origin: tuple[int, ...] | None, block: tuple[slice, ...] | None
+    ) -> torch.Tensor:
+        """Mean soft Dice over the foreground labels of the moving labels warped linearly by ``field``."""
+        values = self.image_pairs.label_values
+        moving = one_hot_labels(images.moving_seg, values).to(field.dtype)
+        fixed = one_hot_labels(images.fixed_seg, values).to(field.dtype)
+        if block is not None:
+            fixed = fixed[block]
+        warped = warp(moving, field, origin=origin)
+        dims = tuple(range(2, warped.ndim))
+        inter = (warped * fixed).sum(dims)
+        total = warped.sum(dims) + fixed.sum(dims)
+        return (2 * inter / total.clamp_min(1e-6)).mean()
 
     def _crop(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[slice, ...]]:
         """A uniformly placed block of side ``crop`` (clipped to the image): its origin and its index."""

@@ -124,3 +124,32 @@ def test_registrator_odd_sizes_and_consistent_outputs():
     assert res.field.shape == (1, 2, 31, 31) and res.field.abs().max() > 0.05
     torch.testing.assert_close(res.warped, warp(pair.moving, res.field))
     torch.testing.assert_close(res.warped_seg, warp(pair.moving_seg, res.field, mode="nearest"))
+
+
+def test_the_dice_term_is_the_soft_dice_of_the_warped_one_hot_labels():
+    pairs = toy_pairs(size=16)
+    agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
+    plain = RegistrationTask(pairs, LossConfig(kernel_size=5))
+    task = RegistrationTask(pairs, LossConfig(kernel_size=5, dice_weight=2.0))
+    batch = replay_batch(task)
+    obs, _ = task.observations(batch)
+    torch.manual_seed(0)
+    base = plain.auxiliary_loss(agent, batch, obs)["loss"]
+    torch.manual_seed(0)
+    terms = task.auxiliary_loss(agent, batch, obs)
+    assert 0 < terms["dice"] < 1
+    torch.testing.assert_close(terms["loss"], base + 2.0 * (1 - terms["dice"]))
+    same = pairs.get([0, 0])._replace(moving_seg=pairs.get([0]).fixed_seg.expand(2, -1, -1, -1))
+    assert task._soft_dice(same, torch.zeros(2, 2, 16, 16), None, None) == pytest.approx(1.0)  # identical maps
+    field = torch.zeros(2, 2, 16, 16, requires_grad=True)
+    task._soft_dice(task._pairs(batch)[1], field, None, None).backward()
+    assert field.grad.abs().sum() > 0  # the labels pull the field
+
+
+def test_the_dice_term_needs_labels():
+    pairs = toy_pairs(size=16)
+    pairs.labels = None
+    with pytest.raises(ValueError, match="dice_weight 1.0 needs training label maps"):
+        RegistrationTask(pairs, LossConfig(kernel_size=5, dice_weight=1.0))
+    with pytest.raises(ValueError, match="dice_weight must be >= 0"):
+        LossConfig(dice_weight=-1)

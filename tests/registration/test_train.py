@@ -293,6 +293,62 @@ def test_fine_steps_go_on_from_the_episodes_field_on_the_grid_twice_finer(data):
         net.rollout(pair.fixed, pair.moving, fine_steps=-1)
 
 
+def test_refinement_lowers_the_auxiliary_loss_from_the_agents_field(data, tmp_path):
+    """Adam iterations on the auxiliary loss, from the agent's field, added as one last field on the input grid."""
+    from rli2it_med.agent import Agent
+    from rli2it_med.agent.checkpoint import save_checkpoint
+    from rli2it_med.api import StepwiseRegistrationNet
+    from rli2it_med.registration.grid import downsample_image, upsample_field
+    from rli2it_med.registration.losses import RegistrationLoss
+    from rli2it_med.registration.task import LossConfig, agent_config
+    from rli2it_med.registration.warp import warp
+
+    torch.manual_seed(0)
+    agent = Agent(agent_config(2, channels=(4, 8), critic_channels=(4, 8), plan_dim=8))
+    with torch.no_grad():
+        agent.actor.out.weight.normal_(0, 0.05)
+    loss_config = LossConfig(kernel_size=9, smooth_weight=0.5)
+    net = StepwiseRegistrationNet(agent, steps=2, grid_scale=2, fine_steps=1, refine_loss=loss_config).eval()
+    pair = PairDataset.load(data, "val").get([0, 1])
+    shape = tuple(pair.fixed.shape[2:])
+    with torch.inference_mode():  # as MONAI's inferers run; the refinement takes its own gradients
+        plain = net.trajectory(pair.fixed, pair.moving)
+        refined = net.trajectory(pair.fixed, pair.moving, refine=5)
+    assert (
+        len(refined) == len(plain) + 1
+        and refined[-1][0] == 1
+        and refined[-1][1].shape == pair.fixed.shape[:1] + (2, *shape)
+    )
+    for (_, a), (_, b) in zip(plain, refined):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)  # the same agent's episode first
+    loss = RegistrationLoss(2, 9, 0.5)
+
+    def aux(field, i):  # the refinement's objective for pair i: smoothness on the episode grid, in its voxels
+        return loss(pair.fixed[i : i + 1], warp(pair.moving[i : i + 1], field), downsample_image(field, 2) / 2)["loss"]
+
+    start = upsample_field(plain[-1][1], plain[-1][0], shape)
+    for i in range(2):
+        assert aux(refined[-1][1][i : i + 1], i) < aux(start[i : i + 1], i) - 1e-3
+    # each pair is refined on its own: the batch gives what each pair alone gives
+    alone = net.refine_field(pair.fixed[1:], pair.moving[1:], start[1:], 5)
+    torch.testing.assert_close(refined[-1][1][1:], alone)
+
+    path = tmp_path / "m.pt"  # the checkpoint's recorded choice and training loss are the network's defaults
+    config = {"agent": agent.config.to_dict(), "env": {"max_steps": 2}, "loss": loss_config.to_dict(), "grid_scale": 2}
+    save_checkpoint(path, config, agent.state_dict(), val={"steps": 2, "fine_steps": 1, "refine": 4})
+    loaded = StepwiseRegistrationNet.from_checkpoint(path)
+    assert (loaded.refine, loaded.refine_lr, loaded.refine_loss) == (4, 0.2, loss_config)
+    res = Registrator.from_net(loaded, "cpu").register(
+        pair.fixed, pair.moving, fixed_seg=pair.fixed_seg, moving_seg=pair.moving_seg, keep_steps=True
+    )
+    assert len(res.dice) == 2 + 1 + 1 + 1 and len(res.step_fields) == 4  # steps, fine step, refinement
+    agent_only = Registrator.from_net(loaded, "cpu").register(pair.fixed, pair.moving, refine=0)
+    assert not torch.equal(agent_only.field, res.field)
+    for bad in ({"refine": -1}, {"refine": 1.5}, {"refine_lr": 0.0}):
+        with pytest.raises(ValueError, match="refine"):
+            StepwiseRegistrationNet(agent, **bad)
+
+
 def test_training_with_coarse_steps_stores_both_grids_and_starts_each_episode_from_its_coarse_field(data, tmp_path):
     from rli2it_med.agent import Agent, EpisodeReplayBuffer
     from rli2it_med.registration.env import EnvConfig, RegistrationEnv
