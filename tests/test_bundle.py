@@ -116,9 +116,16 @@ def test_shipped_weights_load_into_the_configured_network(dim):
     val = net.metadata["val"]  # the configs run what validation chose for these weights
     chosen = (coarse_levels(val["coarse_steps"]), val["steps"], val.get("fine_steps", 0))
     assert (coarse_levels(net.coarse_steps), net.steps, net.fine_steps) == chosen
+    assert net.refine == val.get("refine", 0)
+    trained = net.metadata["config"]["loss"]  # the refinement minimises the training's auxiliary loss
+    assert (net.refine_loss.kernel_size, net.refine_loss.smooth_weight) == (
+        trained["kernel_size"],
+        trained["smooth_weight"],
+    )
     for name in ("inference.json", "evaluate.json"):
         config = io.load_json(configs(dim, name))
         assert (coarse_levels(config["coarse_steps"]), config["steps"], config.get("fine_steps", 0)) == chosen, name
+        assert config.get("refine", 0) == val.get("refine", 0), name
     other = StepwiseRegistrationNet(net.agent.config.to_dict() | {"plan_dim": 32}, grid_scale=net.grid_scale)
     with pytest.raises(ValueError, match="plan_dim"):
         other.load_weights(BUNDLES[dim] / "models" / "model.pt")
@@ -131,7 +138,7 @@ def test_demo_inference_3d_improves_dice_and_writes_everything(tmp_path):
     for name in ("warped.nii.gz", "warped_label.nii.gz", "displacement.nii.gz", "qc.png", "metrics.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
     result = io.load_json(tmp_path / "summary.json")["cases"][0]
-    # measured 0.451 -> 0.769 with the shipped weights (0.3.0, 0.4.0) and the default affine pre-alignment (2026-11-29)
+    # measured 0.451 -> 0.820 with the shipped weights (0.5.0; 0.769 with 0.3.0, 0.4.0), default affine (2026-11-29)
     assert result["dice_mean"] - result["dice_before_mean"] > 0.15
     assert result["folding_percent"] < 0.1
     warped = io.load_image(tmp_path / "demo" / "warped.nii.gz")
