@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps  # noqa: E402
+from rli2it_med.cli.main import _refine  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
 from rli2it_med.registration.warp import identity_grid, warp  # noqa: E402
@@ -216,13 +217,16 @@ def main(argv: list[str] | None = None) -> None:
         help="rli2it coarse steps first, or per level, coarsest first: 1,2 (default: the model's)",
     )
     parser.add_argument("--fine-steps", type=int, help="rli2it fine steps last (default: the model's)")
-    parser.add_argument("--refine", type=int, help="rli2it refinement iterations last (default: the model's)")
+    parser.add_argument(
+        "--refine", type=_refine, help="rli2it refinement iterations last, N or C,N (default: the model's)"
+    )
     parser.add_argument(
         "--also",
         nargs="*",
         default=[],
         metavar="FINE:REFINE",
-        help="more rli2it rows with these fine steps and refinement iterations, e.g. 0:2 4:0",
+        help="more rli2it rows with these fine steps and refinement iterations (N, or C,N: C on the pooled images "
+        "first), e.g. 0:2 4:0 0:5,2",
     )
     parser.add_argument("--vm-minutes", type=float, help="VoxelMorph training budget (default: rli2it's)")
     parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         reg.net.fine_steps = args.fine_steps
     if args.refine is not None:
         reg.net.refine = args.refine
-    also = [tuple(int(x) for x in spec.split(":")) for spec in args.also]
+    also = [(int(spec.split(":")[0]), _refine(spec.split(":")[1])) for spec in args.also]
     rl_minutes = float(reg.metadata.get("train_minutes", 0.0))
     vm_minutes = args.vm_minutes if args.vm_minutes is not None else (1.0 if args.quick else rl_minutes)
     spacing = tuple(test.spacing)
@@ -271,14 +275,14 @@ def main(argv: list[str] | None = None) -> None:
         def variant(pair: Pair, fine_steps=fine_steps, refine=refine) -> torch.Tensor:
             return reg.register(pair.fixed, pair.moving, args.steps, fine_steps=fine_steps, refine=refine).field
 
-        name = f"rli2it ({fine_steps} fine, {refine} refine)"
+        name = f"rli2it ({fine_steps} fine, {format_coarse_steps(refine)} refine)"
         rows.append(score(name, variant, test, n, params) | {"train_min": round(rl_minutes, 1)})
 
     trained_t = reg.trained_steps
     steps, fine = args.steps or reg.net.steps, reg.net.fine_steps
     print(
         f"rli2it: {format_coarse_steps(reg.net.coarse_steps)} coarse steps, then {steps} steps, then {fine} fine "
-        f"steps, then {reg.net.refine} refinement iterations at test time "
+        f"steps, then {format_coarse_steps(reg.net.refine)} refinement iterations at test time "
         f"(episode length in training T = {trained_t})"
     )
     if fine:  # the curve goes on past the default number of fine steps, as it goes past T without them

@@ -180,7 +180,9 @@ class StepwiseRegistrationNet(nn.Module):
             ``grid_scale``.
         refine: Adam iterations run last on the auxiliary loss itself (LNCC + smoothness, no labels), from the
             agent's field: a displacement on the episode grid added to it (instance optimisation). The agent's field
-            is a start that a few iterations improve far more than more steps do (``bench/registration.py``).
+            is a start that a few iterations improve far more than more steps do (``bench/registration.py``). An
+            integer N: N iterations with the LNCC on the input images; a pair ``(C, N)``: first C iterations with
+            the LNCC on the images block-averaged to the episode grid (cheap: 8x fewer voxels in 3D), then N.
         refine_lr: Adam's learning rate of the refinement, in voxels of the episode grid.
         refine_loss: the auxiliary loss the refinement minimises (a :class:`LossConfig` or its dict; its LNCC
             window, smoothness and weight are used, label and KL terms are not); checkpoints carry the training's.
@@ -195,7 +197,7 @@ class StepwiseRegistrationNet(nn.Module):
         stop_dice: float | None = None,
         coarse_steps: int | Sequence[int] = 0,
         fine_steps: int = 0,
-        refine: int = 0,
+        refine: int | Sequence[int] = 0,
         refine_lr: float = 0.2,
         refine_loss: LossConfig | dict | None = None,
     ) -> None:
@@ -208,7 +210,7 @@ class StepwiseRegistrationNet(nn.Module):
         self.steps, self.max_step, self.grid_scale = int(steps), float(max_step), int(grid_scale)
         self.coarse_steps, self.fine_steps = self._check_steps(steps, coarse_steps, fine_steps)
         self.stop_dice = stop_dice
-        self.refine, self.refine_lr = _check_refine(refine, refine_lr)
+        self.refine, self.refine_lr = _check_refine(refine, refine_lr)[0], float(refine_lr)
         if isinstance(refine_loss, dict):
             refine_loss = LossConfig(**refine_loss)
         self.refine_loss = refine_loss or LossConfig(kernel_size=9, smooth_weight=0.5)
@@ -250,7 +252,7 @@ class StepwiseRegistrationNet(nn.Module):
         moving_seg: torch.Tensor | None = None,
         coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
-        refine: int | None = None,
+        refine: int | Sequence[int] | None = None,
     ) -> list[tuple[int, torch.Tensor]]:
         """Run the episode on (B, 1, *S) tensors; return ``(scale, Phi_t)`` for t = 0..T+F, each field on the grid
         of the input block-averaged by ``scale`` (:func:`~rli2it_med.registration.grid.upsample_field` brings it to
@@ -277,33 +279,45 @@ class StepwiseRegistrationNet(nn.Module):
         if fine_steps:
             start = upsample_field(fields[-1][1], 2, coarse_shape(shape, scale // 2))
             fields += [(scale // 2, f) for f in self._episode(fixed, moving, scale // 2, fine_steps, *segs, start)[1:]]
-        refine, _ = _check_refine(self.refine if refine is None else refine, self.refine_lr)
-        if refine:
+        _, (pooled, iterations) = _check_refine(self.refine if refine is None else refine, self.refine_lr)
+        if pooled or iterations:
             last = upsample_field(fields[-1][1], fields[-1][0], shape)
-            fields.append((1, self.refine_field(fixed, moving, last, refine)))
+            fields.append((1, self.refine_field(fixed, moving, last, iterations, pooled)))
         return fields
 
-    def refine_field(self, fixed: torch.Tensor, moving: torch.Tensor, field: torch.Tensor, iterations: int):
-        """``field`` (B, ndim, *S) on the input grid plus a displacement on the episode grid that ``iterations``
-        Adam steps fit to the auxiliary loss ``-LNCC(fixed, Warp(moving, field)) + w * smoothness`` (the
-        smoothness of the whole field on the episode grid, in its voxels, as in training); each pair on its own."""
+    def refine_field(
+        self, fixed: torch.Tensor, moving: torch.Tensor, field: torch.Tensor, iterations: int, pooled: int = 0
+    ) -> torch.Tensor:
+        """``field`` (B, ndim, *S) on the input grid plus a displacement on the episode grid fitted by Adam to the
+        auxiliary loss ``-LNCC(fixed, Warp(moving, field)) + w * smoothness`` (the smoothness of the whole field on
+        the episode grid, in its voxels, as in training): first ``pooled`` iterations with the images block-averaged
+        to the episode grid, then ``iterations`` with the images themselves (each stage a fresh Adam from the
+        previous one's field); each pair on its own."""
         scale, shape = self.grid_scale, tuple(fixed.shape[2:])
         cfg = self.refine_loss
         loss = RegistrationLoss(self.spatial_dims, cfg.kernel_size, cfg.smooth_weight, cfg.smoothness)
+
+        def fit(f, m, base, count, on_grid):
+            base_grid = downsample_image(base, scale) / scale
+            delta = torch.zeros_like(base_grid, requires_grad=True)
+            optimiser = torch.optim.Adam([delta], lr=self.refine_lr)
+            for _ in range(count):
+                if on_grid:  # the pair on the episode grid, the field in its voxels
+                    value = loss(f, warp(m, base_grid + delta), base_grid + delta)["loss"]
+                else:
+                    value = loss(f, warp(m, base + upsample_field(delta, scale, shape)), base_grid + delta)["loss"]
+                optimiser.zero_grad()
+                value.backward()
+                optimiser.step()
+            return base + upsample_field(delta.detach(), scale, shape)
+
         refined = []
         with torch.inference_mode(False), torch.enable_grad():
             for i in range(fixed.shape[0]):
                 f, m, base = (x[i : i + 1].detach().clone() for x in (fixed, moving, field))
-                base_grid = downsample_image(base, scale) / scale
-                delta = torch.zeros_like(base_grid, requires_grad=True)
-                optimiser = torch.optim.Adam([delta], lr=self.refine_lr)
-                for _ in range(iterations):
-                    ddf = base + upsample_field(delta, scale, shape)
-                    value = loss(f, warp(m, ddf), base_grid + delta)["loss"]
-                    optimiser.zero_grad()
-                    value.backward()
-                    optimiser.step()
-                refined.append(base + upsample_field(delta.detach(), scale, shape))
+                if pooled:
+                    base = fit(downsample_image(f, scale), downsample_image(m, scale), base, pooled, True)
+                refined.append(fit(f, m, base, iterations, False) if iterations else base)
         return torch.cat(refined)
 
     def rollout(
@@ -315,7 +329,7 @@ class StepwiseRegistrationNet(nn.Module):
         moving_seg: torch.Tensor | None = None,
         coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
-        refine: int | None = None,
+        refine: int | Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`trajectory`, returning the last field on the input grid and the fields ``Phi_t`` on their own
         grids."""
@@ -377,7 +391,10 @@ class StepwiseRegistrationNet(nn.Module):
             net.coarse_steps, net.fine_steps = net._check_steps(
                 net.steps, val.get("coarse_steps", 0), int(val.get("fine_steps", 0))
             )
-            net.refine, net.refine_lr = _check_refine(int(val.get("refine", 0)), float(val.get("refine_lr", 0.2)))
+            net.refine, net.refine_lr = (
+                _check_refine(val.get("refine", 0), val.get("refine_lr", 0.2))[0],
+                float(val.get("refine_lr", 0.2)),
+            )
             if "loss" in cfg:
                 net.refine_loss = LossConfig(**cfg["loss"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
@@ -469,7 +486,7 @@ class Registrator:
         keep_steps: bool = False,
         coarse_steps: int | Sequence[int] | None = None,
         fine_steps: int | None = None,
-        refine: int | None = None,
+        refine: int | Sequence[int] | None = None,
     ) -> RegistrationResult:
         """Register ``moving`` onto ``fixed`` in ``steps`` steps (default: the model's).
 
@@ -534,12 +551,15 @@ class Registrator:
         )
 
 
-def _check_refine(iterations: int, lr: float) -> tuple[int, float]:
-    if int(iterations) != iterations or iterations < 0:
-        raise ValueError(f"refine must be a number of iterations >= 0, got {iterations}")
+def _check_refine(value: Any, lr: float) -> tuple[int | tuple[int, int], tuple[int, int]]:
+    """``refine`` as kept (an integer, or a pair when it has pooled iterations) and as ``(pooled, iterations)``."""
+    counts = list(value) if isinstance(value, (list, tuple)) else [0, value]
+    if len(counts) != 2 or any(isinstance(c, bool) or int(c) != c or c < 0 for c in counts):
+        raise ValueError(f"refine must be N or (C, N), numbers of iterations >= 0, got {value!r}")
     if not lr > 0:
         raise ValueError(f"refine_lr must be > 0, got {lr}")
-    return int(iterations), float(lr)
+    pooled, iterations = (int(c) for c in counts)
+    return (iterations if pooled == 0 else (pooled, iterations)), (pooled, iterations)
 
 
 def load_model(path: str | Path, device: str | torch.device | None = "auto") -> Registrator:

@@ -72,6 +72,17 @@ def _coarse_steps(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _refine(text: str):
+    """``--refine``: N, or C,N (iterations on the pooled images first)."""
+    try:
+        counts = [int(x) for x in text.split(",")]
+        if len(counts) not in (1, 2) or min(counts) < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or C,N (iterations >= 0), got {text!r}") from None
+    return counts[0] if len(counts) == 1 else tuple(counts)
+
+
 def _coarse_candidates() -> list:
     """What ``evaluate --save-steps`` tries, simplest first: k coarse steps, then j steps a level coarser before."""
     single = list(range(MAX_COARSE_STEPS + 1))
@@ -132,7 +143,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             fine = int(np.argmax(curve))  # the first of equals: fewer fine steps
         chosen["fine_steps"] = reg.net.fine_steps = fine
         if args.refine is not None:
-            chosen["refine"] = args.refine
+            chosen["refine"] = args.refine if isinstance(args.refine, int) else list(args.refine)
         reg.net.refine = refine
         payload = load_checkpoint(args.model)
         payload.setdefault("val", {}).update(chosen)
@@ -710,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--refine",
-        type=int,
-        help="Adam iterations on the auxiliary loss after the agent's steps (default: the model's; 0 = agent only); "
+        type=_refine,
+        help="Adam iterations on the auxiliary loss after the agent's steps: N (the LNCC on the images), or C,N (C "
+        "first with the images block-averaged to the episode grid) (default: the model's; 0 = the agent alone); "
         "with --save-steps, recorded as the model's default",
     )
     e.add_argument(

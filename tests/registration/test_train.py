@@ -344,7 +344,23 @@ def test_refinement_lowers_the_auxiliary_loss_from_the_agents_field(data, tmp_pa
     assert len(res.dice) == 2 + 1 + 1 + 1 and len(res.step_fields) == 4  # steps, fine step, refinement
     agent_only = Registrator.from_net(loaded, "cpu").register(pair.fixed, pair.moving, refine=0)
     assert not torch.equal(agent_only.field, res.field)
-    for bad in ({"refine": -1}, {"refine": 1.5}, {"refine_lr": 0.0}):
+    # (C, N): C iterations with the pair block-averaged to the episode grid first (its loss falls), then N
+    pooled = net.refine_field(pair.fixed, pair.moving, start, 0, pooled=5)
+    f2, m2 = downsample_image(pair.fixed, 2), downsample_image(pair.moving, 2)
+
+    def pooled_aux(field, i):
+        grid = downsample_image(field[i : i + 1], 2) / 2
+        return loss(f2[i : i + 1], warp(m2[i : i + 1], grid), grid)["loss"]
+
+    assert all(pooled_aux(pooled, i) < pooled_aux(start, i) - 1e-3 for i in range(2))
+    torch.testing.assert_close(
+        net.refine_field(pair.fixed, pair.moving, start, 2, pooled=5),
+        net.refine_field(pair.fixed, pair.moving, pooled, 2),
+    )
+    with torch.no_grad():
+        both = net.trajectory(pair.fixed, pair.moving, refine=(5, 2))[-1][1]
+    torch.testing.assert_close(both, net.refine_field(pair.fixed, pair.moving, pooled, 2))
+    for bad in ({"refine": -1}, {"refine": 1.5}, {"refine": (1, 2, 3)}, {"refine": (-1, 2)}, {"refine_lr": 0.0}):
         with pytest.raises(ValueError, match="refine"):
             StepwiseRegistrationNet(agent, **bad)
 
