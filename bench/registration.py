@@ -31,8 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
-from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps  # noqa: E402
-from rli2it_med.cli.main import _refine  # noqa: E402
+from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps, parse_refine  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
 from rli2it_med.registration.warp import identity_grid, warp  # noqa: E402
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--fine-steps", type=int, help="rli2it fine steps last (default: the model's)")
     parser.add_argument(
-        "--refine", type=_refine, help="rli2it refinement iterations last, N or C,N (default: the model's)"
+        "--refine", type=parse_refine, help="rli2it refinement iterations last, N or C,N (default: the model's)"
     )
     parser.add_argument(
         "--also",
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         reg.net.fine_steps = args.fine_steps
     if args.refine is not None:
         reg.net.refine = args.refine
-    also = [(int(spec.split(":")[0]), _refine(spec.split(":")[1])) for spec in args.also]
+    also = [(int(fine), parse_refine(refine)) for fine, _, refine in (spec.partition(":") for spec in args.also)]
     rl_minutes = float(reg.metadata.get("train_minutes", 0.0))
     vm_minutes = args.vm_minutes if args.vm_minutes is not None else (1.0 if args.quick else rl_minutes)
     spacing = tuple(test.spacing)

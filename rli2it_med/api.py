@@ -40,6 +40,8 @@ __all__ = [
     "kept_coarse_steps",
     "load_model",
     "parse_coarse_steps",
+    "parse_refine",
+    "refine_counts",
     "resolve_device",
 ]
 
@@ -210,7 +212,9 @@ class StepwiseRegistrationNet(nn.Module):
         self.steps, self.max_step, self.grid_scale = int(steps), float(max_step), int(grid_scale)
         self.coarse_steps, self.fine_steps = self._check_steps(steps, coarse_steps, fine_steps)
         self.stop_dice = stop_dice
-        self.refine, self.refine_lr = _check_refine(refine, refine_lr)[0], float(refine_lr)
+        if not refine_lr > 0:
+            raise ValueError(f"refine_lr must be > 0, got {refine_lr}")
+        self.refine, self.refine_lr = refine, float(refine_lr)
         if isinstance(refine_loss, dict):
             refine_loss = LossConfig(**refine_loss)
         self.refine_loss = refine_loss or LossConfig(kernel_size=9, smooth_weight=0.5)
@@ -219,6 +223,16 @@ class StepwiseRegistrationNet(nn.Module):
     @property
     def spatial_dims(self) -> int:
         return self.agent.config.spatial_dims
+
+    @property
+    def refine(self) -> int | tuple[int, int]:
+        """Refinement iterations run by default: N, or ``(C, N)`` when C run first on the pooled pair."""
+        return self._refine
+
+    @refine.setter
+    def refine(self, value: int | Sequence[int]) -> None:
+        pooled, iterations = refine_counts(value)
+        self._refine = iterations if pooled == 0 else (pooled, iterations)
 
     @property
     def coarse_steps(self) -> CoarseSteps:
@@ -279,7 +293,7 @@ class StepwiseRegistrationNet(nn.Module):
         if fine_steps:
             start = upsample_field(fields[-1][1], 2, coarse_shape(shape, scale // 2))
             fields += [(scale // 2, f) for f in self._episode(fixed, moving, scale // 2, fine_steps, *segs, start)[1:]]
-        _, (pooled, iterations) = _check_refine(self.refine if refine is None else refine, self.refine_lr)
+        pooled, iterations = refine_counts(self.refine if refine is None else refine)
         if pooled or iterations:
             last = upsample_field(fields[-1][1], fields[-1][0], shape)
             fields.append((1, self.refine_field(fixed, moving, last, iterations, pooled)))
@@ -391,10 +405,7 @@ class StepwiseRegistrationNet(nn.Module):
             net.coarse_steps, net.fine_steps = net._check_steps(
                 net.steps, val.get("coarse_steps", 0), int(val.get("fine_steps", 0))
             )
-            net.refine, net.refine_lr = (
-                _check_refine(val.get("refine", 0), val.get("refine_lr", 0.2))[0],
-                float(val.get("refine_lr", 0.2)),
-            )
+            net.refine = val.get("refine", 0)
             if "loss" in cfg:
                 net.refine_loss = LossConfig(**cfg["loss"])
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
@@ -551,15 +562,22 @@ class Registrator:
         )
 
 
-def _check_refine(value: Any, lr: float) -> tuple[int | tuple[int, int], tuple[int, int]]:
-    """``refine`` as kept (an integer, or a pair when it has pooled iterations) and as ``(pooled, iterations)``."""
+def refine_counts(value: int | Sequence[int]) -> tuple[int, int]:
+    """``refine`` (N, or ``(C, N)``) as ``(pooled, iterations)``: C iterations on the pooled pair, then N."""
     counts = list(value) if isinstance(value, (list, tuple)) else [0, value]
     if len(counts) != 2 or any(isinstance(c, bool) or int(c) != c or c < 0 for c in counts):
         raise ValueError(f"refine must be N or (C, N), numbers of iterations >= 0, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"refine_lr must be > 0, got {lr}")
-    pooled, iterations = (int(c) for c in counts)
-    return (iterations if pooled == 0 else (pooled, iterations)), (pooled, iterations)
+    return int(counts[0]), int(counts[1])
+
+
+def parse_refine(text: str) -> int | tuple[int, int]:
+    """``"3"`` -> 3, ``"10,1"`` -> (10, 1), as ``--refine`` takes them; refused with a ValueError otherwise."""
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected N or C,N (iterations >= 0), got {text!r}") from None
+    pooled, iterations = refine_counts(counts[0] if len(counts) == 1 else counts)
+    return iterations if pooled == 0 else (pooled, iterations)
 
 
 def load_model(path: str | Path, device: str | torch.device | None = "auto") -> Registrator:

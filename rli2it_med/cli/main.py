@@ -74,13 +74,12 @@ def _coarse_steps(text: str):
 
 def _refine(text: str):
     """``--refine``: N, or C,N (iterations on the pooled images first)."""
+    from rli2it_med.api import parse_refine
+
     try:
-        counts = [int(x) for x in text.split(",")]
-        if len(counts) not in (1, 2) or min(counts) < 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or C,N (iterations >= 0), got {text!r}") from None
-    return counts[0] if len(counts) == 1 else tuple(counts)
+        return parse_refine(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _coarse_candidates() -> list:
