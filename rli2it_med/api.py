@@ -40,6 +40,7 @@ __all__ = [
     "kept_coarse_steps",
     "load_model",
     "parse_coarse_steps",
+    "adam_step",
     "parse_refine",
     "refine_counts",
     "resolve_device",
@@ -314,15 +315,13 @@ class StepwiseRegistrationNet(nn.Module):
         def fit(f, m, base, count, on_grid):
             base_grid = downsample_image(base, scale) / scale
             delta = torch.zeros_like(base_grid, requires_grad=True)
-            optimiser = torch.optim.Adam([delta], lr=self.refine_lr)
-            for _ in range(count):
+            moments = (torch.zeros_like(delta), torch.zeros_like(delta))
+            for step in range(1, count + 1):
                 if on_grid:  # the pair on the episode grid, the field in its voxels
                     value = loss(f, warp(m, base_grid + delta), base_grid + delta)["loss"]
                 else:
                     value = loss(f, warp(m, base + upsample_field(delta, scale, shape)), base_grid + delta)["loss"]
-                optimiser.zero_grad()
-                value.backward()
-                optimiser.step()
+                adam_step(delta, torch.autograd.grad(value, delta)[0], moments, step, self.refine_lr)
             return base + upsample_field(delta.detach(), scale, shape)
 
         refined = []
@@ -560,6 +559,21 @@ class Registrator:
             step_fields=step_fields,
             seconds=seconds,
         )
+
+
+def adam_step(
+    param: torch.Tensor, grad: torch.Tensor, moments: tuple[torch.Tensor, torch.Tensor], step: int, lr: float
+) -> None:
+    """Step ``step`` (from 1) of Adam with ``torch.optim.Adam``'s defaults (betas 0.9, 0.999, eps 1e-8) on ``param``
+    in place, ``moments`` its running means of the gradient and its square. The refinement's optimiser:
+    ``torch.optim.Adam``'s first construction in a process imports ``torch._dynamo``, 2 s here, more than a whole
+    3D registration."""
+    mean, square = moments
+    with torch.no_grad():
+        mean.lerp_(grad, 0.1)
+        square.mul_(0.999).addcmul_(grad, grad, value=0.001)
+        denominator = (square / (1 - 0.999**step)).sqrt_().add_(1e-8)
+        param.addcdiv_(mean, denominator, value=-lr / (1 - 0.9**step))
 
 
 def refine_counts(value: int | Sequence[int]) -> tuple[int, int]:

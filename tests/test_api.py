@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rli2it_med.agent import Agent, save_checkpoint
-from rli2it_med.api import Registrator
+from rli2it_med.api import Registrator, adam_step
 from rli2it_med.registration.env import EnvConfig
 from rli2it_med.registration.task import agent_config
 
@@ -80,3 +80,17 @@ def test_stop_dice_holds_pairs_that_reached_it(model_path, tmp_path):
     assert res.field[0].abs().max() == 0 and res.field[1].abs().max() > 0
     free = Registrator.load(model_path, "cpu").register(fixed, moving, fixed_seg=seg, moving_seg=moving_seg)
     assert free.field[0].abs().max() > 0  # without stop_dice the same agent moves it
+
+
+def test_the_refinements_adam_step_is_torch_adam():
+    g = torch.Generator().manual_seed(0)
+    ours = torch.rand(3, 4, generator=g)
+    theirs = ours.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([theirs], lr=0.2)
+    moments = (torch.zeros_like(ours), torch.zeros_like(ours))
+    for step in range(1, 6):
+        grad = torch.randn(3, 4, generator=g)
+        adam_step(ours, grad, moments, step, 0.2)
+        theirs.grad = grad.clone()
+        optimiser.step()
+        torch.testing.assert_close(ours, theirs.detach())

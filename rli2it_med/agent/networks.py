@@ -21,7 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
 
-__all__ = ["AgentConfig", "PlannerOutput", "Planner", "Actor", "QNetwork", "TwinCritic", "Agent", "count_parameters"]
+__all__ = [
+    "AgentConfig",
+    "PlannerOutput",
+    "Planner",
+    "Actor",
+    "QNetwork",
+    "TwinCritic",
+    "Agent",
+    "Conv3d",
+    "count_parameters",
+]
 
 
 @dataclass
@@ -130,13 +140,39 @@ def _activation(config: AgentConfig) -> nn.Module:
     return nn.ReLU(inplace=True) if config.activation == "relu" else nn.LeakyReLU(0.2, inplace=True)
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs float32 CPU convolutions on oneDNN (MKL-DNN) always.
+
+    PyTorch sends a 5D CPU convolution to its slow native kernel unless batch x channels x the first two spatial
+    sizes exceeds 20480 (a rule tuned for 2D), so at batch 1 most of a 3D agent's convolutions took it: 4-14x slower
+    than oneDNN here, in forward and backward, with the same values up to float32 rounding (``bench/update_cost.py``
+    times both). 2D convolutions are as fast either way and keep ``nn.Conv2d``.
+    """
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not (
+            input.device.type == "cpu"
+            and input.dtype == weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled
+            and not isinstance(self.padding, str)
+        ):
+            return super()._conv_forward(input, weight, bias)
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0, 0)
+        return torch.ops.aten.mkldnn_convolution(input, weight, bias, padding, self.stride, self.dilation, self.groups)
+
+
+CONV = {2: nn.Conv2d, 3: Conv3d}
+
+
 def _conv(
     config: AgentConfig, cin: int, cout: int, stride: int = 1, kernel: int = 3, norm: bool = True, act: bool = True
 ) -> nn.Sequential:
     """conv (``config.padding_mode``) [+ InstanceNorm when ``config.norm`` and ``norm``] [+ activation]."""
     nd = config.spatial_dims
-    conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
-    layers = [conv(cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2, padding_mode=config.padding_mode)]
+    layers = [CONV[nd](cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2, padding_mode=config.padding_mode)]
     if norm and config.norm == "instance":
         layers.append((nn.InstanceNorm2d, nn.InstanceNorm3d)[nd - 2](cout, affine=True))
     if act:
@@ -185,9 +221,7 @@ class Planner(nn.Module):
         )
         self.residual = nn.Sequential(*(ResidualBlock(config, ch[-1]) for _ in range(config.residual_blocks)))
         if config.plan_channels:
-            self.head = (nn.Conv2d, nn.Conv3d)[nd - 2](
-                ch[-1], 2 * config.plan_channels, 3, padding=1, padding_mode=config.padding_mode
-            )
+            self.head = CONV[nd](ch[-1], 2 * config.plan_channels, 3, padding=1, padding_mode=config.padding_mode)
         else:
             self.head = nn.Linear(ch[-1], 2 * config.plan_dim)
 
@@ -228,8 +262,7 @@ class Actor(nn.Module):
             self.bottom = _conv(config, 2 * ch[-1], ch[-1])
         top = config.action_level
         self.ups = nn.ModuleList(_conv(config, ch[i + 1] + ch[i], ch[i]) for i in reversed(range(top, len(ch) - 1)))
-        conv = (nn.Conv2d, nn.Conv3d)[nd - 2]
-        self.out = conv(ch[top], config.action_channels, 3, padding=1, padding_mode=config.padding_mode)
+        self.out = CONV[nd](ch[top], config.action_channels, 3, padding=1, padding_mode=config.padding_mode)
         nn.init.normal_(self.out.weight, std=1e-5)
         nn.init.zeros_(self.out.bias)
 

@@ -1,30 +1,48 @@
 """Auxiliary loss of registration: local NCC + smoothness of the accumulated field (MONAI's diffusion / bending).
 
 :class:`LocalNCC` computes exactly MONAI's ``LocalNormalizedCrossCorrelationLoss`` (rectangular window, zero
-padding, same ``smooth_dr``, tested equal in value and gradient) with window sums taken from cumulative sums in
-float64 instead of 1-channel separable convolutions, whose backward is slow on CPUs: ``bench/update_cost.py``
-measures both. (Float32 cumulative sums are not enough: their rounding swamps the variance floor on zero backgrounds.)
+padding, same ``smooth_dr``, tested equal in value and gradient) with window sums taken as sums of shifted copies
+(:func:`box_sum`, its own adjoint in backward) instead of 1-channel separable convolutions, whose backward is slow on
+CPUs: ``bench/update_cost.py`` measures both. The sums of a window stay local, so float32 keeps zero backgrounds
+exactly zero (cumulative sums along whole lines did not: their rounding swamped the variance floor).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LocalNCC", "box_sum", "total_variation", "SMOOTHNESS", "smoothness_loss", "RegistrationLoss"]
 
 
-def box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum of ``x`` (B, C, *S) over a centred window of odd ``size`` along every spatial axis, zeros outside."""
+def _window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
     r = size // 2
     for d in range(2, x.ndim):
         n = x.shape[d]
-        c = torch.cumsum(x, d)
-        head = c.new_zeros(*c.shape[:d], r + 1, *c.shape[d + 1 :])
-        tail = c.narrow(d, n - 1, 1).expand(*c.shape[:d], r, *c.shape[d + 1 :])
-        padded = torch.cat([head, c, tail], d)  # padded[j] = c[j - r - 1], clamped at both ends
-        x = padded.narrow(d, 2 * r + 1, n) - padded.narrow(d, 0, n)
+        pad = [0, 0] * (x.ndim - 2)
+        pad[2 * (x.ndim - 1 - d)], pad[2 * (x.ndim - 1 - d) + 1] = r, r  # F.pad lists the last axis first
+        padded = F.pad(x, pad)
+        x = padded.narrow(d, 0, n).clone()
+        for shift in range(1, size):
+            x += padded.narrow(d, shift, n)
     return x
+
+
+class _BoxSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: int) -> torch.Tensor:
+        ctx.size = size
+        return _window_sum(x, size)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _window_sum(grad, ctx.size), None  # a centred window with zeros outside is a symmetric operator
+
+
+def box_sum(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum of ``x`` (B, C, *S) over a centred window of odd ``size`` along every spatial axis, zeros outside."""
+    return _BoxSum.apply(x, size)
 
 
 class LocalNCC(nn.Module):
@@ -50,20 +68,61 @@ class LocalNCC(nn.Module):
                 f"pred and target must both be (B, C, {self.spatial_dims} spatial dims), "
                 f"got {tuple(pred.shape)} and {tuple(target.shape)}"
             )
-        k = self.kernel_size
-        dtype = torch.float32 if pred.device.type == "mps" else torch.float64  # MPS has no float64
-        # one image and one term at a time: float64 temporaries of a whole 3D batch exceed the C allocator's mmap
-        # threshold, and page faults on every allocation made that 4x slower (measured at 96x112x96, batch 2)
-        t_sum, p_sum, t2_sum, p2_sum, tp_sum = (
-            torch.cat([box_sum(x[i : i + 1].to(dtype), k) for i in range(x.shape[0])])
-            for x in (target, pred, target * target, pred * pred, target * pred)
+        return _LocalNCC.apply(pred, target, self.kernel_size, self.smooth_dr)
+
+
+class _LocalNCC(torch.autograd.Function):
+    """MONAI's LNCC, forward and its gradient written out: per image, window sums of five products forward and of
+    three terms backward (the window sum is its own adjoint; one term at a time: stacked 3D ones were 3x slower, the
+    mmap threshold again). With ``c`` the local
+    covariance sum, ``a``/``b`` the target's/pred's variance sums (floored) and ``r = c^2 / (a b)``, the loss is
+    ``-mean(r)``, and ``d/dpred = B(g_p) + 2 pred B(g_pp) + target B(g_tp)`` with ``B`` the window sum,
+    ``g_tp = dL/dc``, ``g_pp = dL/db``, ``g_p = -(dL/dc) B(target) / V - 2 (dL/db) B(pred) / V`` (the target's
+    the same with the roles swapped)."""
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor, k: int, smooth_dr: float) -> torch.Tensor:
+        volume = float(k ** (pred.ndim - 2))
+        total, saved = pred.new_zeros(()), []
+        # one image at a time: temporaries of a whole 3D batch exceed the C allocator's mmap threshold, and page
+        # faults on every allocation made that several times slower (measured at 96x112x96, batch 2)
+        for p, t in zip(pred.split(1), target.split(1)):
+            t_sum, p_sum, t2_sum, p2_sum, tp_sum = (_window_sum(x, k) for x in (t, p, t * t, p * p, t * p))
+            cross = tp_sum - p_sum * t_sum / volume
+            t_var, p_var = t2_sum - t_sum * t_sum / volume, p2_sum - p_sum * p_sum / volume
+            t_live, p_live = t_var >= smooth_dr, p_var >= smooth_dr  # where the floor passes the gradient on
+            t_var, p_var = t_var.clamp_min(smooth_dr), p_var.clamp_min(smooth_dr)
+            ratio = cross / (t_var * p_var)
+            total = total + (cross * ratio).sum()
+            saved.append((t_sum, p_sum, cross, ratio, t_var, p_var, t_live, p_live))
+        ctx.save_for_backward(pred, target)
+        ctx.saved, ctx.k, ctx.volume = saved, k, volume
+        return -total / pred.numel()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pred, target = ctx.saved_tensors
+        k, volume, weight = ctx.k, ctx.volume, -grad / pred.numel()
+        grads = {0: [], 1: []}
+        for p, t, (t_sum, p_sum, cross, ratio, t_var, p_var, t_live, p_live) in zip(
+            pred.split(1), target.split(1), ctx.saved
+        ):
+            d_cross = weight * 2 * ratio  # dr/dc = 2 c / (a b); dr/db = -c^2 / (a b^2) = -ratio c / b
+            for side, (x, y, x_sum, y_sum, x_var, x_live) in enumerate(
+                [(p, t, p_sum, t_sum, p_var, p_live), (t, p, t_sum, p_sum, t_var, t_live)]
+            ):
+                if not ctx.needs_input_grad[side]:
+                    continue
+                d_var = torch.where(x_live, -weight * ratio * cross / x_var, 0.0)
+                g_x = -(d_cross * y_sum + 2 * d_var * x_sum) / volume
+                b_x, b_xx, b_xy = (_window_sum(x, k) for x in (g_x, d_var, d_cross))
+                grads[side].append(b_x + 2 * x * b_xx + y * b_xy)
+        return (
+            torch.cat(grads[0]) if grads[0] else None,
+            torch.cat(grads[1]) if grads[1] else None,
+            None,
+            None,
         )
-        volume = float(k**self.spatial_dims)
-        t_avg, p_avg = t_sum / volume, p_sum / volume
-        cross = tp_sum - p_avg * t_sum
-        t_var = (t2_sum - t_avg * t_sum).clamp_min(self.smooth_dr)
-        p_var = (p2_sum - p_avg * p_sum).clamp_min(self.smooth_dr)
-        return -(cross * cross / (t_var * p_var)).mean().to(pred.dtype)
 
 
 def total_variation(ddf: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

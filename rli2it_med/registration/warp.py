@@ -5,8 +5,9 @@ Convention (the same as :class:`monai.networks.blocks.Warp`): a displacement fie
 (``warped(x) = image(x + ddf(x))``) and voxel centres sit on ``align_corners=True`` positions.
 
 MONAI's ``Warp`` rebuilds its reference grid on every call; here the grid is cached per shape, device and dtype.
-PyTorch's 3D CPU sampler runs on one thread: without autograd, a large 3D warp on the CPU is split into slabs
-sampled on ``torch.get_num_threads()`` threads (the result is identical).
+PyTorch's 3D CPU sampler runs on one thread, forward and backward: a large 3D warp on the CPU is split into slabs
+sampled on ``torch.get_num_threads()`` threads (the result is identical), and so is the gradient with respect to the
+field when the image needs none (the image's gradient would sum over every slab).
 """
 
 from __future__ import annotations
@@ -107,9 +108,13 @@ def warp(
     return out
 
 
+_MODE_CODES = {"bilinear": 0, "nearest": 1}
+_PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
+
+
 def _grid_sample(source: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
-    """``F.grid_sample`` (``align_corners=True``); a 3D CPU one without autograd runs as slabs of the output's first
-    axis on ``torch.get_num_threads()`` threads."""
+    """``F.grid_sample`` (``align_corners=True``); a large 3D CPU one runs as slabs of the output's first axis on
+    ``torch.get_num_threads()`` threads, its backward too when only the grid needs a gradient."""
     threads = torch.get_num_threads()
     slabs = (
         grid.ndim == 5
@@ -117,15 +122,45 @@ def _grid_sample(source: torch.Tensor, grid: torch.Tensor, mode: str, padding_mo
         and threads > 1
         and grid.shape[1] >= threads
         and grid[..., 0].numel() >= _SLAB_MIN_VOXELS
-        and not (torch.is_grad_enabled() and (source.requires_grad or grid.requires_grad))
     )
-    if not slabs:
-        return F.grid_sample(source, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    needs_grad = torch.is_grad_enabled() and (source.requires_grad or grid.requires_grad)
+    if slabs and not needs_grad:
+        return _sample_slabs(source, grid, mode, padding_mode, threads)
+    if slabs and not source.requires_grad:
+        return _SlabGridSample.apply(source, grid, mode, padding_mode)
+    return F.grid_sample(source, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
+
+def _sample_slabs(source: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, threads: int):
     def sample(part: torch.Tensor) -> torch.Tensor:
-        return F.grid_sample(source, part, mode=mode, padding_mode=padding_mode, align_corners=True)
+        with torch.no_grad():
+            return F.grid_sample(source, part, mode=mode, padding_mode=padding_mode, align_corners=True)
 
     return torch.cat(list(_pool(threads).map(sample, grid.chunk(threads, dim=1))), dim=2)
+
+
+class _SlabGridSample(torch.autograd.Function):
+    """3D sampling of an image that needs no gradient, forward and the grid's gradient on slabs."""
+
+    @staticmethod
+    def forward(ctx, source: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
+        ctx.save_for_backward(source, grid)
+        ctx.codes = _MODE_CODES[mode], _PADDING_CODES[padding_mode]
+        return _sample_slabs(source, grid, mode, padding_mode, torch.get_num_threads())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        source, grid = ctx.saved_tensors
+        threads = torch.get_num_threads()
+
+        def grid_grad(parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            part, grad_part = parts
+            return torch.ops.aten.grid_sampler_3d_backward(
+                grad_part.contiguous(), source, part, *ctx.codes, True, [False, True]
+            )[1]
+
+        parts = zip(grid.chunk(threads, dim=1), grad.chunk(threads, dim=2))  # the same split of the same length
+        return None, torch.cat(list(_pool(threads).map(grid_grad, parts)), dim=1), None, None
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:

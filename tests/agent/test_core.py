@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from rli2it_med.agent import (
     SAC,
@@ -12,6 +13,7 @@ from rli2it_med.agent import (
     polyak_update,
     save_checkpoint,
 )
+from rli2it_med.agent.networks import Conv3d
 
 CFG = dict(spatial_dims=2, in_channels=2, action_channels=2, plan_dim=8, channels=(4, 8), critic_channels=(4, 8))
 
@@ -199,3 +201,23 @@ def test_any_size_map_plan_follows_the_state_and_the_critic_needs_the_training_s
         agent.actor(torch.rand(1, 16), agent.planner(torch.rand(1, 3, 24, 32)).skips)
     with pytest.raises(ValueError, match="any_size needs a map plan"):
         AgentConfig(**CFG, any_size=True)
+
+
+@pytest.mark.parametrize("stride, padding_mode", [(1, "zeros"), (2, "zeros"), (1, "reflect")])
+def test_3d_convolutions_on_onednn_equal_torchs(stride, padding_mode):
+    """The agent's 3D convolutions go to oneDNN at any size; values and gradients stay those of nn.Conv3d."""
+    torch.manual_seed(0)
+    ours = Conv3d(2, 8, 3, stride=stride, padding=1, padding_mode=padding_mode)
+    plain = nn.Conv3d(2, 8, 3, stride=stride, padding=1, padding_mode=padding_mode)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 2, 12, 10, 8, requires_grad=True)
+    a, b = ours(x), plain(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(a)
+    for u, v in zip(torch.autograd.grad(a, (x, ours.weight), g), torch.autograd.grad(b, (x, plain.weight), g)):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), b, atol=1e-5, rtol=1e-5)
+    agent = Agent(AgentConfig(**CFG | {"spatial_dims": 3}))
+    convs = [m for m in agent.modules() if isinstance(m, nn.Conv3d)]
+    assert convs and all(isinstance(m, Conv3d) for m in convs)

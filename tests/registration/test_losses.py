@@ -13,16 +13,41 @@ def test_box_sum_is_a_zero_padded_window_sum():
     assert box_sum(x, 3)[0, 0, :, 0].tolist() == [1.0, 3.0, 6.0, 9.0, 12.0, 15.0, 11.0]
 
 
+def test_box_sum_backward_is_its_adjoint():
+    """The backward reuses the window sum itself (a centred zero-padded window is symmetric): check it numerically."""
+    x = torch.rand(2, 1, 6, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: box_sum(v, 3), (x,))
+
+
 @pytest.mark.parametrize("shape", [(40, 36), (20, 24, 18)])
 def test_local_ncc_equals_monai_in_value_and_gradient(shape):
-    """Images with zero background (where float32 running sums would break the variance floor)."""
-    fixed = smooth_image(shape, seed=1).clamp_min(0)
-    moving = (smooth_image(shape, seed=2).clamp_min(0) + 0.1 * fixed).requires_grad_(True)
+    """Images with zero background (where float32 running sums would break the variance floor), a batch of two, and
+    the gradient (written out by hand) with respect to both images; float32 as in training, then float64."""
+    fixed = torch.cat([smooth_image(shape, seed=1), smooth_image(shape, seed=3)]).clamp_min(0).requires_grad_(True)
+    moving = torch.cat([smooth_image(shape, seed=2), smooth_image(shape, seed=4)]).clamp_min(0) + 0.1 * fixed
+    moving = moving.detach().requires_grad_(True)
     ours = LocalNCC(len(shape), 7)(moving, fixed)
     ref = LocalNormalizedCrossCorrelationLoss(spatial_dims=len(shape), kernel_size=7)(moving, fixed)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
-    g_ours, g_ref = (torch.autograd.grad(v, moving)[0] for v in (ours, ref))
-    torch.testing.assert_close(g_ours, g_ref, atol=1e-7, rtol=1e-4)
+    g_ours, g_ref = (torch.autograd.grad(v, (moving, fixed)) for v in (ours, ref))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, atol=3e-7, rtol=1e-4)  # float32 rounding of both (max |gradient| ~ 1e-2)
+    moving, fixed = (x.detach().double().requires_grad_(True) for x in (moving, fixed))
+    ours = LocalNCC(len(shape), 7)(moving, fixed)
+    ref = LocalNormalizedCrossCorrelationLoss(spatial_dims=len(shape), kernel_size=7)(moving, fixed)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-10)
+    g_ours, g_ref = (torch.autograd.grad(v, (moving, fixed)) for v in (ours, ref))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-14, rtol=1e-8)
+
+
+def test_local_ncc_gradient_is_the_numerical_one():
+    g = torch.Generator().manual_seed(0)
+    fixed, moving = (torch.rand(2, 1, 7, 6, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    fixed[..., :2] = 0  # floored variances pass no gradient
+    fixed.requires_grad_(True)
+    moving.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda m, f: LocalNCC(3, 3)(m, f), (moving, fixed))
 
 
 def test_local_ncc_errors_name_what_they_got():

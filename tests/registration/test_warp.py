@@ -90,7 +90,8 @@ def test_warp_of_a_block_equals_the_block_of_the_warp(shape):
 
 
 def test_a_large_3d_cpu_warp_on_threads_equals_the_one_thread_warp():
-    """Without autograd a 3D CPU warp is sampled in slabs on torch's threads; the result must not change."""
+    """A 3D CPU warp is sampled in slabs on torch's threads (and differentiated so when only the field needs it); the
+    result must not change."""
     shape = (40, 36, 32)
     image, field = smooth_image(shape), smooth_field(shape, amplitude=4.0)
     labels = (image * 4).long()
@@ -113,11 +114,22 @@ def test_a_large_3d_cpu_warp_on_threads_equals_the_one_thread_warp():
         assert torch.equal(one, many)
     assert results[3][1].dtype == torch.long
 
-    # with autograd the plain sampler runs: gradients reach the field
-    torch.set_num_threads(max(threads, 2))
+    # with autograd on the field only, the slabs' gradient equals the one-thread sampler's; an image that needs a
+    # gradient takes the plain sampler
+    weights = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(5))
+    grads = {}
     try:
-        field.requires_grad_(True)
-        warp(image, field).sum().backward()
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            for padding in ("border", "zeros"):
+                leaf = field.clone().requires_grad_(True)
+                (weights * warp(image, leaf, padding_mode=padding)).sum().backward()
+                grads[n, padding] = leaf.grad
+        source = image.clone().requires_grad_(True)
+        warp(source, field).sum().backward()
     finally:
         torch.set_num_threads(threads)
-    assert field.grad is not None and field.grad.abs().sum() > 0
+    for padding in ("border", "zeros"):
+        assert grads[1, padding].abs().sum() > 0
+        torch.testing.assert_close(grads[3, padding], grads[1, padding], rtol=0, atol=0)
+    assert source.grad is not None and source.grad.abs().sum() > 0
