@@ -90,9 +90,10 @@ def train_voxelmorph(
     kernel_size: int = 9,
     smooth_weight: float = 1.0,
     lr: float = 1e-4,
+    device: str = "cpu",
 ):
-    """MONAI's default VoxelMorph trained unsupervised (LNCC + ``smooth_weight`` x diffusion) for ``minutes``;
-    returns the network, the iterations run and the minutes used."""
+    """MONAI's default VoxelMorph trained unsupervised (LNCC + ``smooth_weight`` x diffusion) for ``minutes`` on
+    ``device``; returns the network, the iterations run and the minutes used."""
     from monai.losses import DiffusionLoss
     from monai.networks.nets import VoxelMorph
 
@@ -100,14 +101,14 @@ def train_voxelmorph(
 
     torch.manual_seed(seed)
     nd = train.spatial_dims
-    net = VoxelMorph(spatial_dims=nd)
+    net = VoxelMorph(spatial_dims=nd).to(device)
     ncc = LocalNCC(nd, kernel_size=kernel_size)
     smooth = DiffusionLoss()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     start, iters = time.perf_counter(), 0
     while time.perf_counter() - start < minutes * 60:
-        pair = train.get(rng.integers(0, len(train), batch_size))
+        pair = train.get(rng.integers(0, len(train), batch_size)).to(device)
         moved, ddf = net(pair.moving, pair.fixed)
         loss = ncc(moved, pair.fixed) + smooth_weight * smooth(ddf)
         opt.zero_grad()
@@ -119,9 +120,11 @@ def train_voxelmorph(
 
 
 def voxelmorph_method(net):
+    device = next(net.parameters()).device
+
     @torch.no_grad()
     def run(pair: Pair) -> torch.Tensor:
-        return net(pair.moving, pair.fixed)[1]
+        return net(pair.moving.to(device), pair.fixed.to(device))[1].cpu()  # .cpu() waits for a GPU
 
     return run
 
@@ -158,6 +161,27 @@ def dice_vs_step(reg: Registrator, pairs: PairDataset, n: int, steps: int, fine_
         res = reg.register(p.fixed, p.moving, steps, p.fixed_seg, p.moving_seg, fine_steps=fine_steps, refine=0)
         curves.append(torch.stack([d.cpu() for d in res.dice], 1)[0].numpy())
     return np.mean(curves, 0)
+
+
+def voxelmorph(args: argparse.Namespace, train: PairDataset, minutes: float):
+    """The VoxelMorph row's network: loaded from ``--vm-weights``, or trained ``minutes`` on ``--vm-device`` (and
+    saved to ``--vm-save``); returns it with its training iterations, minutes and device."""
+    from monai.networks.nets import VoxelMorph
+
+    if args.vm_weights:
+        saved = torch.load(args.vm_weights, map_location="cpu", weights_only=True)
+        net = VoxelMorph(spatial_dims=train.spatial_dims)
+        net.load_state_dict(saved["state_dict"])
+        trained = f"{saved['device']}, {saved['minutes']:.1f} min"
+        print(f"  MONAI VoxelMorph from {args.vm_weights} ({trained})", file=sys.stderr)
+        return net.eval(), int(saved["iterations"]), float(saved["minutes"]), str(saved["device"])
+    where = torch.cuda.get_device_name(args.vm_device) if str(args.vm_device).startswith("cuda") else "cpu"
+    print(f"  training MONAI VoxelMorph for {minutes:.1f} min on {where}...", file=sys.stderr)
+    net, iters, used = train_voxelmorph(train, minutes, batch_size=1, device=args.vm_device)
+    if args.vm_save:
+        record = {"state_dict": net.cpu().state_dict(), "minutes": used, "iterations": iters, "device": where}
+        torch.save(record, args.vm_save)
+    return net, iters, used, where
 
 
 def print_table(title: str, rows: list[dict], cols: list[str], width: int, digits: int = 3, label=str) -> None:
@@ -228,6 +252,10 @@ def main(argv: list[str] | None = None) -> None:
         "first), e.g. 0:2 4:0 0:5,2",
     )
     parser.add_argument("--vm-minutes", type=float, help="VoxelMorph training budget (default: rli2it's)")
+    parser.add_argument("--vm-device", default="cpu", help="where VoxelMorph trains (default cpu)")
+    parser.add_argument("--vm-save", help="save the trained VoxelMorph here too (weights, minutes, iterations, device)")
+    parser.add_argument("--vm-weights", help="score this saved VoxelMorph (--vm-save) instead of training one")
+    parser.add_argument("--device", default="cpu", help="where rli2it and VoxelMorph register (default cpu)")
     parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: syn demons voxelmorph")
     parser.add_argument("--quick", action="store_true", help="5 pairs and a 1-minute VoxelMorph")
@@ -239,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     test = PairDataset.load(data, "test", "template")
     train = PairDataset.load(data, "train", "template")
     n = min(args.pairs or (5 if args.quick else len(test)), len(test))
-    reg = Registrator.load(model, "cpu")
+    reg = Registrator.load(model, args.device)
     if args.coarse_steps is not None:
         reg.net.coarse_steps = args.coarse_steps
     if args.fine_steps is not None:
@@ -258,13 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     if "demons" not in args.skip:
         rows.append(score("SimpleITK demons", lambda p: sitk_demons(p, 100, 1.5), test, n))
     if "voxelmorph" not in args.skip:
-        print(f"  training MONAI VoxelMorph for {vm_minutes:.1f} min...", file=sys.stderr)
-        net, iters, minutes = train_voxelmorph(train, vm_minutes, batch_size=1)
-        row = score("MONAI VoxelMorph", voxelmorph_method(net), test, n, count_parameters(net), warmup=True)
-        rows.append(row | {"train_min": round(minutes, 1), "train_iters": iters})
+        net, iters, minutes, where = voxelmorph(args, train, vm_minutes)
+        row = score("MONAI VoxelMorph", voxelmorph_method(net.to(args.device)), test, n, count_parameters(net), True)
+        rows.append(row | {"train_min": round(minutes, 1), "train_iters": iters, "train_device": where})
 
     def ours(pair: Pair) -> torch.Tensor:
-        return reg.register(pair.fixed, pair.moving, args.steps).field
+        return reg.register(pair.fixed, pair.moving, args.steps).field.cpu()
 
     params = count_parameters(reg.agent.planner) + count_parameters(reg.agent.actor)
     rows.append(score("rli2it", ours, test, n, params, warmup=True) | {"train_min": round(rl_minutes, 1)})
@@ -272,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     for fine_steps, refine in also:
 
         def variant(pair: Pair, fine_steps=fine_steps, refine=refine) -> torch.Tensor:
-            return reg.register(pair.fixed, pair.moving, args.steps, fine_steps=fine_steps, refine=refine).field
+            return reg.register(pair.fixed, pair.moving, args.steps, fine_steps=fine_steps, refine=refine).field.cpu()
 
         name = f"rli2it ({fine_steps} fine, {format_coarse_steps(refine)} refine)"
         rows.append(score(name, variant, test, n, params) | {"train_min": round(rl_minutes, 1)})
