@@ -1,4 +1,6 @@
-"""Seconds per training update, per rollout step, and of local NCC (MONAI's and ours), for the 2D and 3D presets.
+"""Seconds per training update, per rollout step, and of local NCC (MONAI's and ours), for the 2D and 3D presets;
+then the 3D agent's forward at batch 1 (inference) with PyTorch's own dispatch of its convolutions and with
+:class:`~rli2it_med.agent.networks.Conv3d` (oneDNN).
 
 The numbers behind the design notes in docs/benchmarks.md (what an update costs; why rli2it computes MONAI's LNCC
 from cumulative sums). LNCC is timed forward + backward on a training batch on the image grid (where the auxiliary
@@ -14,14 +16,17 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 from monai.losses import LocalNormalizedCrossCorrelationLoss  # noqa: E402
+from torch import nn  # noqa: E402
 
 from rli2it_med.agent import SAC, Agent, EpisodeReplayBuffer  # noqa: E402
+from rli2it_med.agent.networks import Conv3d  # noqa: E402
 from rli2it_med.registration.data import PairDataset  # noqa: E402
 from rli2it_med.registration.env import RegistrationEnv  # noqa: E402
 from rli2it_med.registration.losses import LocalNCC  # noqa: E402
@@ -66,6 +71,26 @@ def measure(dim: int) -> dict[str, float]:
     }
 
 
+def agent_forward_3d() -> dict[str, float]:
+    """Planner + actor forward on one 3D state (batch 1, the 4 mm episode grid), as inference runs them."""
+    cfg = default_config(3)
+    torch.manual_seed(0)
+    agent = Agent(cfg.agent).eval()
+    grid = PairDataset.load(ROOT / cfg.data, "val").spatial_shape
+    grid = tuple(-(-s // cfg.grid_scale) for s in grid)
+    state = torch.rand(1, cfg.agent.in_channels, *grid)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            out = agent.planner(state)
+            agent.actor(out.mean, out.skips)
+
+    ours = timed(forward, 5)
+    with mock.patch.object(Conv3d, "_conv_forward", nn.Conv3d._conv_forward):
+        torchs = timed(forward, 5)
+    return {"grid": "x".join(map(str, grid)), "torch": torchs, "ours": ours}
+
+
 def main() -> None:
     torch.set_num_threads(2)
     print(
@@ -79,6 +104,10 @@ def main() -> None:
             f"| {dim}D | {r['grid']} | {r['image']} | {r['batch']} | {r['update']:.3f} | {r['rollout']:.3f} "
             f"| {r['lncc_monai']:.3f} | {r['lncc_ours']:.3f} |"
         )
+    r = agent_forward_3d()
+    print("\n| 3D agent forward, batch 1 | grid | PyTorch's conv dispatch (s) | oneDNN always (s) |")
+    print("|---|---|---|---|")
+    print(f"| planner + actor | {r['grid']} | {r['torch']:.3f} | {r['ours']:.3f} |")
 
 
 if __name__ == "__main__":
