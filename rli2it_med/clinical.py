@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -703,12 +704,14 @@ def register_batch(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    refine: int | Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Register every row of ``pairs_csv`` into ``out_dir/<id>/`` (warped, warped_seg, transform.h5,
     jacobian, qc.png, stats.json) and write ``summary.csv`` / ``summary.json``. A model is loaded once per
-    dimension; a pair whose ``stats.json`` exists is skipped (re-runs resume); a failing pair is reported and the
-    rest go on. Under ``torchrun`` (an initialised process group) process r registers rows r, r + N, ... and
-    process 0 merges everyone's results, in the CSV's order, into the summary."""
+    dimension (``refine``, when given, replaces its refinement iterations: N, or (C, N)); a pair whose
+    ``stats.json`` exists is skipped (re-runs resume); a failing pair is reported and the rest go on. Under
+    ``torchrun`` (an initialised process group) process r registers rows r, r + N, ... and process 0 merges
+    everyone's results, in the CSV's order, into the summary."""
     import csv
     import io as _io
 
@@ -739,6 +742,8 @@ def register_batch(
             nd = fixed.GetDimension()
             if nd not in nets:
                 nets[nd] = load_network(model, nd)
+                if refine is not None:
+                    nets[nd].refine = refine
             result = register_images(fixed, moving, nets[nd], fseg, mseg, steps, affine, seed, device)
             save_outputs(
                 result, fixed, moving, fseg,

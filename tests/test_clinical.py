@@ -221,6 +221,23 @@ def test_output_directory_that_cannot_be_written(capsys, tmp_path, small):
     assert rc == 2 and "output directory cannot be created" in err and len(err.splitlines()) == 1
 
 
+def test_refine_option_reaches_the_model(tmp_path, small, capsys):
+    """``--refine`` replaces the model's refinement (the shipped 2D model has none): the output changes, and a bad
+    value is refused by the parser."""
+    warped = {}
+    for refine in ("0", "2,1"):
+        out = tmp_path / f"w{refine.replace(',', '_')}.nii.gz"
+        rc = main(["register", "--fixed", str(small["fixed"]), "--moving", str(small["moving"]), "--warped-out",
+                   str(out), "--no-affine", "--device", "cpu", "--refine", refine])  # fmt: skip
+        assert rc == 0
+        warped[refine] = nib.load(str(out)).get_fdata()
+    assert np.abs(warped["0"] - warped["2,1"]).max() > 1e-3
+    with pytest.raises(SystemExit):
+        main(["register", "--fixed", str(small["fixed"]), "--moving", str(small["moving"]), "--warped-out",
+              str(tmp_path / "x.nii.gz"), "--refine", "-1"])  # fmt: skip
+    assert "refine" in capsys.readouterr().err
+
+
 def test_batch_goes_on_past_a_bad_pair_and_skips_done_pairs_on_rerun(tmp_path, small, capsys):
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"garbage")

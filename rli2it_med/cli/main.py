@@ -191,7 +191,15 @@ def _register(args: argparse.Namespace) -> int:
             raise ValueError("--pairs needs --out-dir")
         _init_distributed("cpu", share_threads=not args.threads)  # the processes exchange only results: gloo
         summary = clinical.register_batch(
-            args.pairs, args.out_dir, args.model, args.steps, args.affine, args.seed, device, not args.quiet
+            args.pairs,
+            args.out_dir,
+            args.model,
+            args.steps,
+            args.affine,
+            args.seed,
+            device,
+            not args.quiet,
+            refine=args.refine,
         )
         if not summary["merged"]:
             return 0  # process 0 reports the whole batch
@@ -208,6 +216,8 @@ def _register(args: argparse.Namespace) -> int:
         raise ValueError("--warped-seg-out needs --moving-seg")
     fixed, moving, fixed_seg, moving_seg = clinical.read_pair(args.fixed, args.moving, args.fixed_seg, args.moving_seg)
     net = clinical.load_network(args.model, fixed.GetDimension())
+    if args.refine is not None:
+        net.refine = args.refine
     result = clinical.register_images(
         fixed, moving, net, fixed_seg, moving_seg, args.steps, args.affine, args.seed, device
     )
@@ -756,6 +766,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--moving-seg", help="moving label map (propagated with nearest neighbour)")
     r.add_argument("--model", help="bundle folder or checkpoint (default: the shipped brain bundle, 2D or 3D by input)")
     r.add_argument("--steps", type=int, help="agent steps T (default: the trained episode length)")
+    r.add_argument(
+        "--refine",
+        type=_refine,
+        help="Adam iterations on the auxiliary loss after the agent: N, or C,N (C on the pooled images first) "
+        "(default: the model's; 0 = the agent alone)",
+    )
     r.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True, help="affine pre-alignment")
     r.add_argument("--warped-out", help="moving image in the fixed space")
     r.add_argument("--warped-seg-out", help="moving labels in the fixed space")
