@@ -3,9 +3,9 @@ then the 3D agent's forward at batch 1 (inference) with PyTorch's own dispatch o
 :class:`~rli2it_med.agent.networks.Conv3d` (oneDNN).
 
 The numbers behind the design notes in docs/benchmarks.md (what an update costs; why rli2it computes MONAI's LNCC
-itself, from window sums of shifted copies with its gradient written out). LNCC is timed forward + backward on a training batch on the image grid (where the auxiliary
-loss is computed).
-Weights are untrained: cost does not depend on them.
+itself, from window sums of shifted copies with its gradient written out). LNCC is timed forward + backward on a
+training batch on the image grid (where the auxiliary loss is computed). Weights are untrained: cost does not depend
+on them.
 
     python bench/update_cost.py            # needs data/brain2d and data/brain3d from data_prep/brain.py
 """

@@ -73,12 +73,11 @@ class LocalNCC(nn.Module):
 
 class _LocalNCC(torch.autograd.Function):
     """MONAI's LNCC, forward and its gradient written out: per image, window sums of five products forward and of
-    three terms backward (the window sum is its own adjoint; one term at a time: stacked 3D ones were 3x slower, the
-    mmap threshold again). With ``c`` the local
-    covariance sum, ``a``/``b`` the target's/pred's variance sums (floored) and ``r = c^2 / (a b)``, the loss is
-    ``-mean(r)``, and ``d/dpred = B(g_p) + 2 pred B(g_pp) + target B(g_tp)`` with ``B`` the window sum,
-    ``g_tp = dL/dc``, ``g_pp = dL/db``, ``g_p = -(dL/dc) B(target) / V - 2 (dL/db) B(pred) / V`` (the target's
-    the same with the roles swapped)."""
+    three terms backward (the window sum is its own adjoint; one term at a time: stacked 3D terms were 3x slower, the
+    mmap threshold again). With ``c`` the local covariance sum, ``a``/``b`` the target's/pred's variance sums
+    (floored) and ``r = c^2 / (a b)``, the loss is ``-mean(r)``, and ``d/dpred = B(g_p) + 2 pred B(g_pp) +
+    target B(g_tp)`` with ``B`` the window sum, ``g_tp = dL/dc``, ``g_pp = dL/db``,
+    ``g_p = -(dL/dc) B(target) / V - 2 (dL/db) B(pred) / V`` (the target's the same with the roles swapped)."""
 
     @staticmethod
     def forward(ctx, pred: torch.Tensor, target: torch.Tensor, k: int, smooth_dr: float) -> torch.Tensor:
@@ -115,7 +114,7 @@ class _LocalNCC(torch.autograd.Function):
                     continue
                 d_var = torch.where(x_live, -weight * ratio * cross / x_var, 0.0)
                 g_x = -(d_cross * y_sum + 2 * d_var * x_sum) / volume
-                b_x, b_xx, b_xy = (_window_sum(x, k) for x in (g_x, d_var, d_cross))
+                b_x, b_xx, b_xy = (_window_sum(term, k) for term in (g_x, d_var, d_cross))
                 grads[side].append(b_x + 2 * x * b_xx + y * b_xy)
         return (
             torch.cat(grads[0]) if grads[0] else None,
