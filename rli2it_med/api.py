@@ -232,8 +232,7 @@ class StepwiseRegistrationNet(nn.Module):
 
     @refine.setter
     def refine(self, value: int | Sequence[int]) -> None:
-        pooled, iterations = refine_counts(value)
-        self._refine = iterations if pooled == 0 else (pooled, iterations)
+        self._refine = _refine_value(value)
 
     @property
     def coarse_steps(self) -> CoarseSteps:
@@ -590,7 +589,12 @@ def parse_refine(text: str) -> int | tuple[int, int]:
         counts = [int(x) for x in text.split(",")]
     except ValueError:
         raise ValueError(f"expected N or C,N (iterations >= 0), got {text!r}") from None
-    pooled, iterations = refine_counts(counts[0] if len(counts) == 1 else counts)
+    return _refine_value(counts[0] if len(counts) == 1 else counts)
+
+
+def _refine_value(value: int | Sequence[int]) -> int | tuple[int, int]:
+    """``refine`` checked, in the form a network keeps it: N, or ``(C, N)`` when C > 0."""
+    pooled, iterations = refine_counts(value)
     return iterations if pooled == 0 else (pooled, iterations)
 
 

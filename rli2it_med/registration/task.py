@@ -117,8 +117,13 @@ class RegistrationTask:
         self.grid_scale = grid_scale
         self.loss_config = loss
         self.loss = RegistrationLoss(pairs.spatial_dims, loss.kernel_size, loss.smooth_weight, loss.smoothness)
-        if loss.dice_weight and (pairs.labels is None or not pairs.label_values):
-            raise ValueError(f"dice_weight {loss.dice_weight} needs training label maps with foreground values")
+        self._dice_loss = None
+        if loss.dice_weight:
+            if pairs.labels is None or not pairs.label_values:
+                raise ValueError(f"dice_weight {loss.dice_weight} needs training label maps with foreground values")
+            from monai.losses import DiceLoss
+
+            self._dice_loss = DiceLoss(smooth_nr=0.0, smooth_dr=1e-6)  # soft Dice per item and label, averaged
         self.device = torch.device(device)
         self._cached: tuple[ReplayBatch, Pair, Pair, int] | None = None
 
@@ -178,11 +183,7 @@ class RegistrationTask:
         fixed = one_hot_labels(images.fixed_seg, values).to(field.dtype)
         if block is not None:
             fixed = fixed[block]
-        warped = warp(moving, field, origin=origin)
-        dims = tuple(range(2, warped.ndim))
-        inter = (warped * fixed).sum(dims)
-        total = warped.sum(dims) + fixed.sum(dims)
-        return (2 * inter / total.clamp_min(1e-6)).mean()
+        return 1 - self._dice_loss(warp(moving, field, origin=origin), fixed)
 
     def _crop(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[slice, ...]]:
         """A uniformly placed block of side ``crop`` (clipped to the image): its origin and its index."""

@@ -56,18 +56,22 @@ def test_a_task_with_coarse_steps_rebuilds_states_on_the_grid_of_the_replayed_fi
         task.observations(wrong)
 
 
-def test_a_crop_as_large_as_the_image_is_the_whole_loss():
-    pairs = toy_pairs(size=16)
+def auxiliary_terms(pairs, *losses: LossConfig) -> list[dict]:
+    """The auxiliary loss terms of one agent on one replayed batch under each loss, the plan sampled alike."""
     agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
-    whole = RegistrationTask(pairs, LossConfig(kernel_size=5))
-    cropped = RegistrationTask(pairs, LossConfig(kernel_size=5, crop=16))
-    batch = replay_batch(whole)
-    obs, _ = whole.observations(batch)
-    torch.manual_seed(0)
-    a = whole.auxiliary_loss(agent, batch, obs)["loss"]
-    torch.manual_seed(0)
-    b = cropped.auxiliary_loss(agent, batch, obs)["loss"]
-    torch.testing.assert_close(a, b)
+    tasks = [RegistrationTask(pairs, loss) for loss in losses]
+    batch = replay_batch(tasks[0])
+    obs, _ = tasks[0].observations(batch)
+    terms = []
+    for task in tasks:
+        torch.manual_seed(0)
+        terms.append(task.auxiliary_loss(agent, batch, obs))
+    return terms
+
+
+def test_a_crop_as_large_as_the_image_is_the_whole_loss():
+    whole, cropped = auxiliary_terms(toy_pairs(size=16), LossConfig(kernel_size=5), LossConfig(kernel_size=5, crop=16))
+    torch.testing.assert_close(whole["loss"], cropped["loss"])
     with pytest.raises(ValueError, match="crop"):
         LossConfig(kernel_size=9, crop=4)
 
@@ -128,17 +132,11 @@ def test_registrator_odd_sizes_and_consistent_outputs():
 
 def test_the_dice_term_is_the_soft_dice_of_the_warped_one_hot_labels():
     pairs = toy_pairs(size=16)
-    agent = Agent(agent_config(2, plan_dim=8, channels=(8, 8), critic_channels=(8, 8)))
-    plain = RegistrationTask(pairs, LossConfig(kernel_size=5))
+    plain, terms = auxiliary_terms(pairs, LossConfig(kernel_size=5), LossConfig(kernel_size=5, dice_weight=2.0))
+    assert 0 < terms["dice"] < 1
+    torch.testing.assert_close(terms["loss"], plain["loss"] + 2.0 * (1 - terms["dice"]))
     task = RegistrationTask(pairs, LossConfig(kernel_size=5, dice_weight=2.0))
     batch = replay_batch(task)
-    obs, _ = task.observations(batch)
-    torch.manual_seed(0)
-    base = plain.auxiliary_loss(agent, batch, obs)["loss"]
-    torch.manual_seed(0)
-    terms = task.auxiliary_loss(agent, batch, obs)
-    assert 0 < terms["dice"] < 1
-    torch.testing.assert_close(terms["loss"], base + 2.0 * (1 - terms["dice"]))
     same = pairs.get([0, 0])._replace(moving_seg=pairs.get([0]).fixed_seg.expand(2, -1, -1, -1))
     assert task._soft_dice(same, torch.zeros(2, 2, 16, 16), None, None) == pytest.approx(1.0)  # identical maps
     field = torch.zeros(2, 2, 16, 16, requires_grad=True)
