@@ -1,6 +1,7 @@
 """Seconds per training update, per rollout step, and of local NCC (MONAI's and ours), for the 2D and 3D presets;
 then the 3D agent's forward at batch 1 (inference) with PyTorch's own dispatch of its convolutions and with
-:class:`~rli2it_med.agent.networks.Conv3d` (oneDNN).
+:class:`~rli2it_med.agent.networks.Conv3d` (oneDNN), whole and per convolution; then ``torch.optim.Adam``'s first
+construction (what the refinement's optimiser avoids).
 
 The numbers behind the design notes in docs/benchmarks.md (what an update costs; why rli2it computes MONAI's LNCC
 itself, from window sums of shifted copies with its gradient written out). LNCC is timed forward + backward on a
@@ -12,6 +13,7 @@ on them.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import warnings
@@ -88,7 +90,26 @@ def agent_forward_3d() -> dict[str, float]:
     ours = timed(forward, 5)
     with mock.patch.object(Conv3d, "_conv_forward", nn.Conv3d._conv_forward):
         torchs = timed(forward, 5)
-    return {"grid": "x".join(map(str, grid)), "torch": torchs, "ours": ours}
+    # each convolution on the input it gets there: PyTorch's dispatch over oneDNN's time
+    inputs = {}
+    convs = [m for m in agent.modules() if isinstance(m, Conv3d)]
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.update({m: a[0]})) for m in convs]
+    forward()
+    for h in hooks:
+        h.remove()
+    ratios = []
+    with torch.inference_mode():
+        for conv, x in inputs.items():
+            plain = timed(lambda conv=conv, x=x: nn.Conv3d._conv_forward(conv, x, conv.weight, conv.bias), 10)
+            ratios.append(plain / timed(lambda conv=conv, x=x: conv(x), 10))
+    return {"grid": "x".join(map(str, grid)), "torch": torchs, "ours": ours, "ratios": ratios}
+
+
+def adam_first_construction() -> float:
+    """Seconds of ``torch.optim.Adam``'s first construction in a fresh process (it imports ``torch._dynamo``)."""
+    code = "import time, torch; x = torch.zeros(1, requires_grad=True); t = time.perf_counter(); "
+    code += "torch.optim.Adam([x]); print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def main() -> None:
@@ -108,6 +129,9 @@ def main() -> None:
     print("\n| 3D agent forward, batch 1 | grid | PyTorch's conv dispatch (s) | oneDNN always (s) |")
     print("|---|---|---|---|")
     print(f"| planner + actor | {r['grid']} | {r['torch']:.3f} | {r['ours']:.3f} |")
+    print(f"each of its {len(r['ratios'])} convolutions, PyTorch's dispatch / oneDNN: "
+          f"{min(r['ratios']):.1f}x to {max(r['ratios']):.1f}x")  # fmt: skip
+    print(f"\ntorch.optim.Adam's first construction in a fresh process: {adam_first_construction():.2f} s")
 
 
 if __name__ == "__main__":

@@ -565,8 +565,8 @@ def adam_step(
 ) -> None:
     """Step ``step`` (from 1) of Adam with ``torch.optim.Adam``'s defaults (betas 0.9, 0.999, eps 1e-8) on ``param``
     in place, ``moments`` its running means of the gradient and its square. The refinement's optimiser:
-    ``torch.optim.Adam``'s first construction in a process imports ``torch._dynamo``, 2 s here, more than a whole
-    3D registration."""
+    ``torch.optim.Adam``'s first construction in a process imports ``torch._dynamo``, about 2 s here
+    (``bench/update_cost.py``), more than a whole 3D registration."""
     mean, square = moments
     with torch.no_grad():
         mean.lerp_(grad, 0.1)

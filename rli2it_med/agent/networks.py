@@ -144,9 +144,9 @@ class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that runs float32 CPU convolutions on oneDNN (MKL-DNN) always.
 
     PyTorch sends a 5D CPU convolution to its slow native kernel unless batch x channels x the first two spatial
-    sizes exceeds 20480 (a rule tuned for 2D), so at batch 1 most of a 3D agent's convolutions took it: 4-14x slower
-    than oneDNN here, in forward and backward, with the same values up to float32 rounding (``bench/update_cost.py``
-    times both). 2D convolutions are as fast either way and keep ``nn.Conv2d``.
+    sizes exceeds 20480 (a rule tuned for 2D), so at batch 1 most of a 3D agent's convolutions took it: up to 7-9x
+    slower than oneDNN here, the agent's whole forward over 2x, with the same values up to float32 rounding
+    (``bench/update_cost.py`` times both). 2D convolutions are as fast either way and keep ``nn.Conv2d``.
     """
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -73,8 +73,8 @@ class LocalNCC(nn.Module):
 
 class _LocalNCC(torch.autograd.Function):
     """MONAI's LNCC, forward and its gradient written out: per image, window sums of five products forward and of
-    three terms backward (the window sum is its own adjoint; one term at a time: stacked 3D terms were 3x slower, the
-    mmap threshold again). With ``c`` the local covariance sum, ``a``/``b`` the target's/pred's variance sums
+    three terms backward (the window sum is its own adjoint; one term at a time, as stacked 3D terms
+    meet the mmap threshold again). With ``c`` the local covariance sum, ``a``/``b`` the target's/pred's variance sums
     (floored) and ``r = c^2 / (a b)``, the loss is ``-mean(r)``, and ``d/dpred = B(g_p) + 2 pred B(g_pp) +
     target B(g_tp)`` with ``B`` the window sum, ``g_tp = dL/dc``, ``g_pp = dL/db``,
     ``g_p = -(dL/dc) B(target) / V - 2 (dL/db) B(pred) / V`` (the target's the same with the roles swapped)."""
