@@ -91,9 +91,19 @@ def train_voxelmorph(
     smooth_weight: float = 1.0,
     lr: float = 1e-4,
     device: str = "cpu",
+    checkpoint: str | None = None,
+    sitting: float | None = None,
+    save_every: float = 10.0,
+    clock: str = "wall",
 ):
     """MONAI's default VoxelMorph trained unsupervised (LNCC + ``smooth_weight`` x diffusion) for ``minutes`` on
-    ``device``; returns the network, the iterations run and the minutes used."""
+    ``device``; returns the network, the iterations run, the minutes used and whether the budget is spent.
+
+    With ``checkpoint``, the training state (weights, Adam's state, iterations, minutes, the pair sampler's state) is
+    written there every ``save_every`` minutes and at the end, and an unfinished run found there goes on from where
+    it stopped; ``sitting`` then caps this call's minutes, for budgets longer than one sitting. ``clock="cpu"``
+    counts the budget (not ``sitting``) in the process's CPU time divided by torch's threads: minutes of the cores'
+    full use, which other jobs on the machine do not eat into."""
     from monai.losses import DiffusionLoss
     from monai.networks.nets import VoxelMorph
 
@@ -106,8 +116,45 @@ def train_voxelmorph(
     smooth = DiffusionLoss()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
-    start, iters = time.perf_counter(), 0
-    while time.perf_counter() - start < minutes * 60:
+    iters, before, cpu_before = 0, 0.0, 0.0
+    if checkpoint and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        net.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["sampler"]
+        iters, before, cpu_before = int(state["iterations"]), float(state["minutes"]), float(state["cpu_minutes"])
+        print(f"  VoxelMorph resumed from {checkpoint}: {iters} iterations, {before:.1f} min", file=sys.stderr)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    last_save = start
+
+    def elapsed() -> float:
+        return (time.perf_counter() - start) / 60
+
+    def cpu_minutes() -> float:
+        return cpu_before + (time.process_time() - cpu_start) / 60
+
+    def spent() -> float:
+        return cpu_minutes() / torch.get_num_threads() if clock == "cpu" else before + elapsed()
+
+    def save() -> None:
+        record = {
+            "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "sampler": rng.bit_generator.state,
+            "iterations": iters,
+            "minutes": before + elapsed(),
+            "cpu_minutes": cpu_minutes(),
+            "clock": clock,
+            "budget": minutes,
+            "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu",
+        }
+        tmp = Path(f"{checkpoint}.tmp")
+        torch.save(record, tmp)
+        os.replace(tmp, checkpoint)
+
+    net.train()
+    done = iters
+    while spent() < minutes and (sitting is None or elapsed() < sitting):
         pair = train.get(rng.integers(0, len(train), batch_size)).to(device)
         moved, ddf = net(pair.moving, pair.fixed)
         loss = ncc(moved, pair.fixed) + smooth_weight * smooth(ddf)
@@ -115,8 +162,13 @@ def train_voxelmorph(
         loss.backward()
         opt.step()
         iters += 1
+        if checkpoint and time.perf_counter() - last_save > save_every * 60:
+            save()
+            last_save = time.perf_counter()
+    if checkpoint and iters > done:
+        save()
     net.eval()
-    return net, iters, (time.perf_counter() - start) / 60
+    return net, iters, spent(), spent() >= minutes
 
 
 def voxelmorph_method(net):
@@ -164,8 +216,9 @@ def dice_vs_step(reg: Registrator, pairs: PairDataset, n: int, steps: int, fine_
 
 
 def voxelmorph(args: argparse.Namespace, train: PairDataset, minutes: float):
-    """The VoxelMorph row's network: loaded from ``--vm-weights``, or trained ``minutes`` on ``--vm-device`` (and
-    saved to ``--vm-save``); returns it with its training iterations, minutes and device."""
+    """The VoxelMorph row's network: loaded from ``--vm-weights``, or trained ``minutes`` on ``--vm-device`` (going
+    on from ``--vm-save``, saved there); returns it with its training iterations, minutes and device, or None when
+    ``--vm-sitting`` ended before the budget."""
     from monai.networks.nets import VoxelMorph
 
     if args.vm_weights:
@@ -177,11 +230,16 @@ def voxelmorph(args: argparse.Namespace, train: PairDataset, minutes: float):
         return net.eval(), int(saved["iterations"]), float(saved["minutes"]), str(saved["device"])
     where = torch.cuda.get_device_name(args.vm_device) if str(args.vm_device).startswith("cuda") else "cpu"
     print(f"  training MONAI VoxelMorph for {minutes:.1f} min on {where}...", file=sys.stderr)
-    net, iters, used = train_voxelmorph(train, minutes, batch_size=1, device=args.vm_device)
-    if args.vm_save:
-        record = {"state_dict": net.cpu().state_dict(), "minutes": used, "iterations": iters, "device": where}
-        torch.save(record, args.vm_save)
-    return net, iters, used, where
+    net, iters, used, finished = train_voxelmorph(
+        train,
+        minutes,
+        batch_size=1,
+        device=args.vm_device,
+        checkpoint=args.vm_save,
+        sitting=args.vm_sitting,
+        clock=args.vm_clock,
+    )
+    return (net, iters, used, where) if finished else None
 
 
 def print_table(title: str, rows: list[dict], cols: list[str], width: int, digits: int = 3, label=str) -> None:
@@ -253,7 +311,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--vm-minutes", type=float, help="VoxelMorph training budget (default: rli2it's)")
     parser.add_argument("--vm-device", default="cpu", help="where VoxelMorph trains (default cpu)")
-    parser.add_argument("--vm-save", help="save the trained VoxelMorph here too (weights, minutes, iterations, device)")
+    parser.add_argument(
+        "--vm-save",
+        help="VoxelMorph's training state, saved here every 10 minutes and at the end (weights, Adam, iterations, "
+        "minutes, device); an unfinished run found here goes on",
+    )
+    parser.add_argument(
+        "--vm-clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="VoxelMorph's budget in wall-clock minutes, or in its CPU time / torch threads (other jobs on the "
+        "machine do not eat into it)",
+    )
+    parser.add_argument(
+        "--vm-sitting",
+        type=float,
+        help="train VoxelMorph at most this many minutes in this run, then save to --vm-save and stop if its budget "
+        "is not spent (run the same command again to go on)",
+    )
     parser.add_argument("--vm-weights", help="score this saved VoxelMorph (--vm-save) instead of training one")
     parser.add_argument("--device", default="cpu", help="where rli2it and VoxelMorph register (default cpu)")
     parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
@@ -280,13 +355,21 @@ def main(argv: list[str] | None = None) -> None:
     spacing = tuple(test.spacing)
     print(f"benchmark: {args.dim}D, {n} test pairs of {data}, rli2it model {model}", file=sys.stderr)
 
+    if args.vm_sitting is not None and not args.vm_save:
+        parser.error("--vm-sitting needs --vm-save (where the unfinished training waits)")
+    if "voxelmorph" not in args.skip:  # first: a budget longer than one sitting stops here
+        trained = voxelmorph(args, train, vm_minutes)
+        if trained is None:
+            print(f"VoxelMorph's {vm_minutes:.1f}-minute budget is not spent: saved to {args.vm_save}", file=sys.stderr)
+            return
+
     rows = [score("identity", identity, test, n)]
     if "syn" not in args.skip:
         rows.append(score("ANTs SyN", lambda p: ants_syn(p, spacing), test, n))
     if "demons" not in args.skip:
         rows.append(score("SimpleITK demons", lambda p: sitk_demons(p, 100, 1.5), test, n))
     if "voxelmorph" not in args.skip:
-        net, iters, minutes, where = voxelmorph(args, train, vm_minutes)
+        net, iters, minutes, where = trained
         row = score("MONAI VoxelMorph", voxelmorph_method(net.to(args.device)), test, n, count_parameters(net), True)
         rows.append(row | {"train_min": round(minutes, 1), "train_iters": iters, "train_device": where})
 
