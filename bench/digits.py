@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.registration import plot_curve, print_table, train_voxelmorph  # noqa: E402
+from rli2it_med.agent.checkpoint import training_minutes  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
@@ -127,13 +128,13 @@ def main(argv: list[str] | None = None) -> None:
         model = str(Path(args.out) / "best.pt")  # the checkpoint of the best validation Dice in that run
     reg = Registrator.load(model, "cpu")
     if args.model is not None:
-        rl_minutes = args.vm_minutes or float(reg.metadata.get("train_minutes", minutes))
+        rl_minutes = args.vm_minutes or training_minutes(reg.metadata)
     print(f"benchmark: {len(test)} {args.mode}-digit MNIST test pairs, rli2it model {model}", file=sys.stderr)
 
     rows = [score("identity", lambda p: torch.zeros(p.fixed.shape[0], 2, 28, 28), test, params=0)]
     print(f"  training MONAI VoxelMorph for {rl_minutes:.1f} min...", file=sys.stderr)
     loss = reg.metadata["config"]["loss"]
-    net, iters, vm_minutes = train_voxelmorph(
+    net, iters, vm_minutes, _ = train_voxelmorph(
         padded(train.pairs), rl_minutes, 32, args.seed, loss["kernel_size"], loss["smooth_weight"]
     )
     net.eval()

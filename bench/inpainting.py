@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from bench.registration import print_table  # noqa: E402
 from rli2it_med.agent import Agent, ReplayBatch  # noqa: E402
+from rli2it_med.agent.checkpoint import training_minutes  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_vision.editing import (  # noqa: E402
     EditingTask,
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         model = str(Path(args.out) / "best.pt")
     rl = ImageEditor.load(model, "cpu", task="inpainting")
     if args.model is not None:  # the one-step network gets --minutes, else the checkpoint's training time
-        minutes = args.minutes or float(rl.metadata.get("train_minutes", minutes))
+        minutes = args.minutes or training_minutes(rl.metadata)
     if "training" in rl.metadata["config"]:  # train the one-step network as rli2it was (loss, data, batch, LR)
         cfg = InpaintConfig.from_dict(rl.metadata["config"]["training"])
     cfg.agent = rl.agent.config

@@ -30,6 +30,7 @@ warnings.filterwarnings("ignore")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from rli2it_med.agent.checkpoint import training_minutes  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps, parse_refine  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
@@ -350,7 +351,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.refine is not None:
         reg.net.refine = args.refine
     also = [(int(fine), parse_refine(refine)) for fine, _, refine in (spec.partition(":") for spec in args.also)]
-    rl_minutes = float(reg.metadata.get("train_minutes", 0.0))
+    rl_minutes = training_minutes(reg.metadata)
+    if "train_minutes_total" not in reg.metadata and "voxelmorph" not in args.skip and args.vm_minutes is None:
+        print(
+            f"  note: {model} records only its last run's {rl_minutes:.1f} training minutes; if its weights were "
+            "fine-tuned from others, give VoxelMorph the whole time with --vm-minutes",
+            file=sys.stderr,
+        )
     vm_minutes = args.vm_minutes if args.vm_minutes is not None else (1.0 if args.quick else rl_minutes)
     spacing = tuple(test.spacing)
     print(f"benchmark: {args.dim}D, {n} test pairs of {data}, rli2it model {model}", file=sys.stderr)

@@ -42,6 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.registration import print_table  # noqa: E402
+from rli2it_med.agent.checkpoint import training_minutes  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_vision.editing import Discriminator, ImageEditor, ImagePairs, region_psnr, with_mirrors  # noqa: E402
 from rli2it_vision.perceptual import MobileNetV2, load_mobilenet_v2, perceptual_distance  # noqa: E402
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         model = str(Path(args.out) / "best.pt")
     rl = ImageEditor.load(model, "cpu", task="translation")
     if args.model is not None:  # pix2pix gets --minutes, else the checkpoint's training time
-        minutes = args.minutes or float(rl.metadata.get("train_minutes", minutes))
+        minutes = args.minutes or training_minutes(rl.metadata)
     training = rl.metadata["config"].get("training", {})
     size = rl.image_size
     train = load_pairs(args.data, "train", size)

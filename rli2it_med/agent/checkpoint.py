@@ -11,7 +11,7 @@ import torch
 
 from rli2it_med.io import atomic_write_bytes
 
-__all__ = ["CHECKPOINT_FORMAT", "versions", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "versions", "save_checkpoint", "load_checkpoint", "training_minutes"]
 
 CHECKPOINT_FORMAT = "rli2it-checkpoint/1"
 
@@ -50,3 +50,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an rli2it checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return payload
+
+
+def training_minutes(payload: dict[str, Any]) -> float:
+    """Minutes of training behind a checkpoint's weights, the runs they were fine-tuned from included
+    (``train_minutes_total``); checkpoints that predate it know only their own run's (``train_minutes``)."""
+    return float(payload.get("train_minutes_total", payload.get("train_minutes", 0.0)))

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from rli2it_med.agent import distributed as ddp
 from rli2it_med.agent.buffer import EpisodeReplayBuffer
-from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
+from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint, training_minutes
 from rli2it_med.agent.logger import Logger
 from rli2it_med.agent.networks import Agent, count_parameters
 from rli2it_med.agent.sac import SAC
@@ -224,7 +224,7 @@ def run_training(
     if cfg.max_updates is not None and cfg.max_updates < 0:
         raise ValueError(f"max_updates must be >= 0 (0: validate and save the initial weights), got {cfg.max_updates}")
     generator = torch.Generator().manual_seed(cfg.seed + rank)
-    state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf}
+    state = {"elapsed": 0.0, "rounds": 0, "best": -math.inf, "minutes_before": 0.0}
     if resume and (out / "train_state.pt").is_file():
         ts = torch.load(out / "train_state.pt", map_location="cpu", weights_only=False)
         weights = ts["agent"] if "agent" in ts else load_checkpoint(out / "model.pt", device)["state_dict"]  # pre-0.1
@@ -243,7 +243,7 @@ def run_training(
         if writer:
             print(f"resumed from {out} at update {sac.n_updates}, {state['elapsed'] / 60:.1f} min done")
     elif cfg.init:
-        initialise(agent, cfg.init)
+        state["minutes_before"] = initialise(agent, cfg.init)
         if writer:
             print(f"weights from {cfg.init}")
 
@@ -288,7 +288,13 @@ def run_training(
         logger.record("train/lr_aux", sac.aux_optimizer.param_groups[0]["lr"])
         logger.record("buffer/megabytes", buffer.nbytes / 2**20)
         row = logger.dump(sac.n_updates)
-        entries = (extra or {}) | {"train_minutes": state["elapsed"] / 60, "updates": sac.n_updates, "val": summary}
+        minutes = state["elapsed"] / 60
+        entries = (extra or {}) | {
+            "train_minutes": minutes,
+            "train_minutes_total": state.get("minutes_before", 0.0) + minutes,  # with the runs its weights came from
+            "updates": sac.n_updates,
+            "val": summary,
+        }
         save_checkpoint(out / "model.pt", model_config, agent.state_dict(), **entries)
         if summary[score] > state["best"]:
             state["best"] = summary[score]
@@ -345,9 +351,10 @@ def run_training(
     }
 
 
-def initialise(agent: Agent, path: str | Path) -> None:
+def initialise(agent: Agent, path: str | Path) -> float:
     """Load the weights of checkpoint ``path`` into ``agent`` (planner, actor, critic and target critic); the
-    error names the file and what differs when its architecture is not the agent's."""
+    error names the file and what differs when its architecture is not the agent's. Returns the minutes of training
+    behind those weights (:func:`~rli2it_med.agent.checkpoint.training_minutes`)."""
     payload = load_checkpoint(path, next(agent.parameters()).device)
     saved = payload.get("config", {}).get("agent")
     if saved is None:
@@ -357,6 +364,7 @@ def initialise(agent: Agent, path: str | Path) -> None:
         differ = ", ".join(f"{k}={theirs!r} (run: {ours!r})" for k, (ours, theirs) in diff.items())
         raise ValueError(f"{path}: its agent differs from this run's: {differ}")
     agent.load_state_dict(payload["state_dict"])
+    return training_minutes(payload)
 
 
 def _process_state(buffer: EpisodeReplayBuffer, generator: torch.Generator, device: torch.device) -> dict[str, Any]:

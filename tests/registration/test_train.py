@@ -12,6 +12,7 @@ import torch
 
 from data_prep.brain import main as build_data
 from rli2it_med import io
+from rli2it_med.agent.checkpoint import training_minutes
 from rli2it_med.api import Registrator
 from rli2it_med.cli.main import main as cli
 from rli2it_med.registration.data import PairDataset
@@ -502,6 +503,12 @@ def test_a_run_started_from_a_models_weights_begins_with_them(data, tmp_path):
     a = torch.load(first, weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "tuned" / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the training time behind the weights counts the run they came from
+    first_ck, tuned_ck = (torch.load(p, weights_only=True) for p in (first, tmp_path / "tuned" / "model.pt"))
+    assert first_ck["train_minutes_total"] == first_ck["train_minutes"] > 0
+    assert tuned_ck["train_minutes_total"] == pytest.approx(first_ck["train_minutes"] + tuned_ck["train_minutes"])
+    assert training_minutes(tuned_ck) == tuned_ck["train_minutes_total"]
+    assert training_minutes({"train_minutes": 3.0}) == 3.0  # checkpoints from before the total was recorded
 
     other = default_config(2, data=str(data), out=str(tmp_path / "other"), max_updates=1, init=str(first))
     other.agent.plan_dim = 32
