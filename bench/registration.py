@@ -23,7 +23,6 @@ import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
 
@@ -335,8 +334,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", help="Dice-vs-step PNG (default docs/dice_vs_step_{dim}d.png)")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: syn demons voxelmorph")
     parser.add_argument("--quick", action="store_true", help="5 pairs and a 1-minute VoxelMorph")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of torch, ITK and ANTs (default 2)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    if "ants" not in sys.modules and "SimpleITK" not in sys.modules:  # ITK reads it once, on import
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
 
     data = args.data or str(ROOT / f"data/brain{args.dim}d")
     model = args.model or str(ROOT / f"runs/brain{args.dim}d/best.pt")
