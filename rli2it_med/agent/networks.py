@@ -13,6 +13,7 @@ images before and upsample the result after (see :mod:`rli2it_med.registration.g
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -348,8 +349,11 @@ class Agent(nn.Module):
             ``deterministic`` (reproducible inference), a reparameterised sample otherwise.
         """
         out = self.planner(state)
+        if deterministic:  # no distribution object (inference's hot path): the mean's log-density is closed-form
+            log_prob = -0.5 * (out.logvar + math.log(2 * math.pi)).sum(1)
+            return out.mean, self.actor(out.mean, out.skips), log_prob
         dist = out.distribution()
-        plan = out.mean if deterministic else dist.rsample()
+        plan = dist.rsample()
         return plan, self.actor(plan, out.skips), dist.log_prob(plan)
 
 

@@ -44,6 +44,12 @@ def test_agent_shapes_and_bound():
     det1 = agent.act(torch.ones(1, 2, 16, 18), deterministic=True)[1]
     det2 = agent.act(torch.ones(1, 2, 16, 18), deterministic=True)[1]
     torch.testing.assert_close(det1, det2)
+    # the mean plan and its log-density, as the distribution gives them
+    state = torch.rand(2, 2, 16, 18)
+    plan, _, logp = agent.act(state, deterministic=True)
+    out = agent.planner(state)
+    torch.testing.assert_close(plan, out.mean)
+    torch.testing.assert_close(logp, out.distribution().log_prob(out.mean))
 
 
 def test_action_level_decodes_coarser_and_upsamples():
