@@ -1,6 +1,7 @@
 """Seconds per training update, per rollout step, and of local NCC (MONAI's and ours), for the 2D and 3D presets;
 then the 3D agent's forward at batch 1 (inference) with PyTorch's own dispatch of its convolutions and with
-:class:`~rli2it_med.agent.networks.Conv3d` (oneDNN), whole and per convolution; then ``torch.optim.Adam``'s first
+:class:`~rli2it_med.agent.networks.Conv3d` (oneDNN), whole and per convolution; the 2D agent's forward at batch 1 with
+its actor decoding to the state grid and one level short (the preset); then ``torch.optim.Adam``'s first
 construction (what the refinement's optimiser avoids).
 
 The numbers behind the design notes in docs/benchmarks.md (what an update costs; why rli2it computes MONAI's LNCC
@@ -105,6 +106,25 @@ def agent_forward_3d() -> dict[str, float]:
     return {"grid": "x".join(map(str, grid)), "torch": torchs, "ours": ours, "ratios": ratios}
 
 
+def agent_forward_2d() -> dict[str, float]:
+    """Planner + actor forward on one 2D state (batch 1, 128x128), the actor decoding up to the state grid
+    (``action_level`` 0) or one level short and upsampling (1, the preset's)."""
+    cfg = default_config(2)
+    state = torch.rand(1, cfg.agent.in_channels, *PairDataset.load(ROOT / cfg.data, "val").spatial_shape)
+    times = {}
+    for level in (0, 1):
+        torch.manual_seed(0)
+        agent = Agent(type(cfg.agent)(**cfg.agent.to_dict() | {"action_level": level})).eval()
+
+        def forward(agent=agent) -> None:
+            with torch.inference_mode():
+                out = agent.planner(state)
+                agent.actor(out.mean, out.skips)
+
+        times[level] = timed(forward, 20)
+    return {"grid": "x".join(map(str, state.shape[2:])), "full": times[0], "coarse": times[1]}
+
+
 def adam_first_construction() -> float:
     """Seconds of ``torch.optim.Adam``'s first construction in a fresh process (it imports ``torch._dynamo``)."""
     code = "import time, torch; x = torch.zeros(1, requires_grad=True); t = time.perf_counter(); "
@@ -131,6 +151,10 @@ def main() -> None:
     print(f"| planner + actor | {r['grid']} | {r['torch']:.3f} | {r['ours']:.3f} |")
     print(f"each of its {len(r['ratios'])} convolutions, PyTorch's dispatch / oneDNN: "
           f"{min(r['ratios']):.1f}x to {max(r['ratios']):.1f}x")  # fmt: skip
+    r = agent_forward_2d()
+    print("\n| 2D agent forward, batch 1 | grid | actor to the state grid (s) | actor one level short, upsampled (s) |")
+    print("|---|---|---|---|")
+    print(f"| planner + actor | {r['grid']} | {r['full']:.4f} | {r['coarse']:.4f} |")
     print(f"\ntorch.optim.Adam's first construction in a fresh process: {adam_first_construction():.2f} s")
 
 
