@@ -1,6 +1,7 @@
 """Registration benchmark: identity, ANTsPy SyN, SimpleITK symmetric-forces demons, MONAI VoxelMorph (trained
-here on the same training pairs for the same wall-clock budget as the rli2it model) and rli2it, on the held-out
-template-to-subject test pairs, in one process.
+here on the same training pairs for the same wall-clock budget as the rli2it model, or the same CPU time with
+``--vm-clock cpu``; ``--vm-save`` and ``--vm-sitting`` spread a long budget over several runs) and rli2it, on the
+held-out template-to-subject test pairs, in one process.
 
 Every method is scored the same way: its pull-back mapping is turned into a voxel displacement field, the moving
 labels are warped with nearest neighbour by :func:`rli2it_med.registration.warp.warp`, and Dice per label, HD95
@@ -16,6 +17,7 @@ The table goes to stdout, and its last line is the same as one JSON object.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -32,6 +34,7 @@ import torch  # noqa: E402
 from rli2it_med.agent.checkpoint import training_minutes  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps, parse_refine  # noqa: E402
+from rli2it_med.io import atomic_write_bytes  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
 from rli2it_med.registration.warp import identity_grid, warp  # noqa: E402
@@ -137,6 +140,7 @@ def train_voxelmorph(
         return cpu_minutes() / torch.get_num_threads() if clock == "cpu" else before + elapsed()
 
     def save() -> None:
+        buffer = io.BytesIO()
         record = {
             "state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
             "optimizer": opt.state_dict(),
@@ -144,13 +148,13 @@ def train_voxelmorph(
             "iterations": iters,
             "minutes": before + elapsed(),
             "cpu_minutes": cpu_minutes(),
+            "spent": spent(),  # of the budget, on its clock
             "clock": clock,
             "budget": minutes,
-            "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu",
+            "device": device_name(device),
         }
-        tmp = Path(f"{checkpoint}.tmp")
-        torch.save(record, tmp)
-        os.replace(tmp, checkpoint)
+        torch.save(record, buffer)
+        atomic_write_bytes(checkpoint, buffer.getvalue())
 
     net.train()
     done = iters
@@ -168,7 +172,13 @@ def train_voxelmorph(
     if checkpoint and iters > done:
         save()
     net.eval()
-    return net, iters, spent(), spent() >= minutes
+    used = spent()
+    return net, iters, used, used >= minutes
+
+
+def device_name(device: str | torch.device) -> str:
+    """The GPU's name for a CUDA device, else "cpu"."""
+    return torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
 
 
 def voxelmorph_method(net):
@@ -225,10 +235,10 @@ def voxelmorph(args: argparse.Namespace, train: PairDataset, minutes: float):
         saved = torch.load(args.vm_weights, map_location="cpu", weights_only=True)
         net = VoxelMorph(spatial_dims=train.spatial_dims)
         net.load_state_dict(saved["state_dict"])
-        trained = f"{saved['device']}, {saved['minutes']:.1f} min"
+        trained = f"{saved['device']}, {saved.get('spent', saved['minutes']):.1f} min"
         print(f"  MONAI VoxelMorph from {args.vm_weights} ({trained})", file=sys.stderr)
-        return net.eval(), int(saved["iterations"]), float(saved["minutes"]), str(saved["device"])
-    where = torch.cuda.get_device_name(args.vm_device) if str(args.vm_device).startswith("cuda") else "cpu"
+        return net.eval(), int(saved["iterations"]), float(saved.get("spent", saved["minutes"])), str(saved["device"])
+    where = device_name(args.vm_device)
     print(f"  training MONAI VoxelMorph for {minutes:.1f} min on {where}...", file=sys.stderr)
     net, iters, used, finished = train_voxelmorph(
         train,
@@ -336,9 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="5 pairs and a 1-minute VoxelMorph")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of torch, ITK and ANTs (default 2)")
     args = parser.parse_args(argv)
+    if args.vm_sitting is not None and not args.vm_save:
+        parser.error("--vm-sitting needs --vm-save (where the unfinished training waits)")
     torch.set_num_threads(args.threads)
-    if "ants" not in sys.modules and "SimpleITK" not in sys.modules:  # ITK reads it once, on import
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)  # read when ants / SimpleITK are imported
 
     data = args.data or str(ROOT / f"data/brain{args.dim}d")
     model = args.model or str(ROOT / f"runs/brain{args.dim}d/best.pt")
@@ -364,8 +375,6 @@ def main(argv: list[str] | None = None) -> None:
     spacing = tuple(test.spacing)
     print(f"benchmark: {args.dim}D, {n} test pairs of {data}, rli2it model {model}", file=sys.stderr)
 
-    if args.vm_sitting is not None and not args.vm_save:
-        parser.error("--vm-sitting needs --vm-save (where the unfinished training waits)")
     if "voxelmorph" not in args.skip:  # first: a budget longer than one sitting stops here
         trained = voxelmorph(args, train, vm_minutes)
         if trained is None:

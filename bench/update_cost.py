@@ -14,6 +14,7 @@ on them.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -74,6 +75,13 @@ def measure(dim: int) -> dict[str, float]:
     }
 
 
+def planner_actor(agent: Agent, state: torch.Tensor) -> None:
+    """The mean plan's action, as inference computes it."""
+    with torch.inference_mode():
+        out = agent.planner(state)
+        agent.actor(out.mean, out.skips)
+
+
 def agent_forward_3d() -> dict[str, float]:
     """Planner + actor forward on one 3D state (batch 1, the 4 mm episode grid), as inference runs them."""
     cfg = default_config(3)
@@ -84,9 +92,7 @@ def agent_forward_3d() -> dict[str, float]:
     state = torch.rand(1, cfg.agent.in_channels, *grid)
 
     def forward() -> None:
-        with torch.inference_mode():
-            out = agent.planner(state)
-            agent.actor(out.mean, out.skips)
+        planner_actor(agent, state)
 
     ours = timed(forward, 5)
     with mock.patch.object(Conv3d, "_conv_forward", nn.Conv3d._conv_forward):
@@ -114,14 +120,8 @@ def agent_forward_2d() -> dict[str, float]:
     times = {}
     for level in (0, 1):
         torch.manual_seed(0)
-        agent = Agent(type(cfg.agent)(**cfg.agent.to_dict() | {"action_level": level})).eval()
-
-        def forward(agent=agent) -> None:
-            with torch.inference_mode():
-                out = agent.planner(state)
-                agent.actor(out.mean, out.skips)
-
-        times[level] = timed(forward, 20)
+        agent = Agent(dataclasses.replace(cfg.agent, action_level=level)).eval()
+        times[level] = timed(lambda agent=agent: planner_actor(agent, state), 20)
     return {"grid": "x".join(map(str, state.shape[2:])), "full": times[0], "coarse": times[1]}
 
 

@@ -291,7 +291,7 @@ def run_training(
         minutes = state["elapsed"] / 60
         entries = (extra or {}) | {
             "train_minutes": minutes,
-            "train_minutes_total": state.get("minutes_before", 0.0) + minutes,  # with the runs its weights came from
+            "train_minutes_total": state["minutes_before"] + minutes,  # with the runs its weights came from
             "updates": sac.n_updates,
             "val": summary,
         }

@@ -71,8 +71,13 @@ def agent_config(spatial_dims: int, **overrides) -> AgentConfig:
     runs on a 4 mm grid of 48x56x48 voxels for 2 mm images (see ``TrainConfig.grid_scale``), so its step fields are
     decoded at 8 mm.
     """
-    base = {"spatial_dims": spatial_dims, "in_channels": 2, "action_channels": spatial_dims, "plan_dim": 64}
-    base["action_level"] = 1
+    base = {
+        "spatial_dims": spatial_dims,
+        "in_channels": 2,
+        "action_channels": spatial_dims,
+        "plan_dim": 64,
+        "action_level": 1,
+    }
     if spatial_dims == 3:
         base |= {"channels": (8, 16, 32, 64), "critic_channels": (8, 16, 32, 32)}
     return AgentConfig(**(base | overrides))
