@@ -70,6 +70,33 @@ def test_outputs_live_on_the_fixed_grid_and_dice_improves(scans, registered):
     assert registered["qc"].stat().st_size > 1000
 
 
+def test_the_qc_picture_resampled_on_its_slices_is_the_whole_volume_resampled(scans):
+    from rli2it_med.registration.qc import mid_slices, qc_picture
+
+    fixed, moving = clinical.read_image(scans["fixed"]), clinical.read_image(scans["moving"])
+    center = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()])
+    pre = sitk.Euler3DTransform(center, 0.05, -0.03, 0.02, (3.0, -2.0, 1.5))
+    x, y, z = (np.arange(n, dtype=np.float64) for n in fixed.GetSize())
+    wave = np.sin(x[:, None, None] / 9) * np.cos(y[None, :, None] / 7) * np.sin(z[None, None, :] / 11)
+    field = clinical._image(np.stack([3 * wave, -2 * wave, 2.5 * wave], -1), like=fixed, vector=True)
+    transform = sitk.CompositeTransform([pre, sitk.DisplacementFieldTransform(field)])
+    warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    jacobian = sitk.Resample(fixed, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32) / 800 + 0.5
+    result = clinical.ClinicalResult(warped, transform, None, jacobian, pre, {})
+    # what the picture showed when every volume was resampled whole
+    whole = lambda img, tx: clinical._xyz(sitk.Resample(img, fixed, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32))  # noqa: E731
+    index = np.indices(fixed.GetSize())
+    grids = []
+    for view, (a, b) in enumerate([(0, 1), (0, 2), (1, 2)]):
+        lines = ((index[a] % 8 == 0) | (index[b] % 8 == 0)).astype(np.float32)
+        grids.append(mid_slices(whole(clinical._image(lines, like=fixed), transform))[view])
+    expected = qc_picture(clinical._xyz(fixed), whole(moving, pre), clinical._xyz(warped), grid=grids,
+                          jacobian=clinical._xyz(jacobian))  # fmt: skip
+    got = clinical.qc_figure(result, fixed, moving).astype(int)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1 and np.mean(got != expected) < 1e-3  # rounding of the same points
+
+
 @pytest.mark.parametrize("suffix", [".h5", ".nii.gz", ".nrrd"])
 def test_sitk_resample_with_the_written_transform_reproduces_the_warped_output(scans, registered, tmp_path, suffix):
     path = registered["h5"]

@@ -30,6 +30,8 @@ import json
 import sys
 from pathlib import Path
 
+from rli2it_med import skip_exit_sweep
+
 
 def _train(args: argparse.Namespace) -> int:
     from rli2it_med.registration.train import TrainConfig, default_config, train
@@ -808,12 +810,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VISION_MODULES = {"skimage", "cv2", "skvideo", "mlxtend"}  # the ``vision`` extra's imports
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    skip_exit_sweep()
     try:
         return args.func(args)
     except (OSError, ImportError, ValueError, TypeError, MemoryError) as e:
-        print(f"rli2it {args.command}: error: {e}", file=sys.stderr)
+        hint = ""
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in VISION_MODULES:
+            hint = " (the vision tasks' packages: pip install 'rli2it[vision]')"
+        print(f"rli2it {args.command}: error: {e}{hint}", file=sys.stderr)
         return 2
 
 

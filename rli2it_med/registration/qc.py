@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["qc_picture"]
+__all__ = ["mid_slices", "qc_picture"]
+
+Volume = np.ndarray | list[np.ndarray]  # a 2D or 3D array, or its mid slices already cut (in mid_slices' order)
 
 
-def _views(volume: np.ndarray) -> list[np.ndarray]:
-    """Mid slices of a 3D volume (axial, coronal, sagittal), or the 2D image; displayed with the first axis across."""
+def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
+    """The slices a QC picture shows: of a 3D (X, Y, Z) volume the mid axial, coronal and sagittal ones
+    (``[:, :, Z//2]``, ``[:, Y//2, :]``, ``[X//2, :, :]``), of a 2D image the image."""
     if volume.ndim == 2:
-        return [np.rot90(volume)]
+        return [volume]
     x, y, z = (s // 2 for s in volume.shape)
-    return [np.rot90(volume[:, :, z]), np.rot90(volume[:, y, :]), np.rot90(volume[x, :, :])]
+    return [volume[:, :, z], volume[:, y, :], volume[x, :, :]]
+
+
+def _views(volume: Volume) -> list[np.ndarray]:
+    """:func:`mid_slices` (or the slices given), displayed with the first axis across."""
+    return [np.rot90(s) for s in (volume if isinstance(volume, list) else mid_slices(volume))]
 
 
 def _boundary(labels: np.ndarray) -> np.ndarray:
@@ -26,18 +34,20 @@ def _boundary(labels: np.ndarray) -> np.ndarray:
 
 
 def qc_picture(
-    fixed: np.ndarray,
-    moving: np.ndarray,
-    warped: np.ndarray,
-    fixed_seg: np.ndarray | None = None,
+    fixed: Volume,
+    moving: Volume,
+    warped: Volume,
+    fixed_seg: Volume | None = None,
     tile: int = 8,
-    grid: np.ndarray | list[np.ndarray] | None = None,
-    jacobian: np.ndarray | None = None,
+    grid: Volume | None = None,
+    jacobian: Volume | None = None,
 ) -> np.ndarray:
     """An RGB uint8 montage: rows fixed, moving, warped (with the fixed labels' boundaries in red when given), a
     checkerboard of fixed and warped, and when given a deformed grid and the Jacobian determinant (log scale: blue
-    shrinks, red grows, yellow folds); columns the three mid slices (one for 2D). Intensities share one window."""
-    hi = float(np.percentile(fixed[fixed > 0], 99.5)) if np.any(fixed > 0) else 1.0
+    shrinks, red grows, yellow folds); columns the three mid slices (one for 2D). Intensities share one window, from
+    the fixed image. Each input is a volume, or its :func:`mid_slices` already cut (cheaper to resample)."""
+    pixels = np.concatenate([s.ravel() for s in fixed]) if isinstance(fixed, list) else fixed
+    hi = float(np.percentile(pixels[pixels > 0], 99.5)) if np.any(pixels > 0) else 1.0
     hi = hi if hi > 0 else 1.0
 
     def grey(v: np.ndarray) -> np.ndarray:
@@ -58,8 +68,8 @@ def qc_picture(
     for name, vol in named:
         tiles = []
         for i, view in enumerate(_views(fixed)):
-            if name == "grid":  # one volume per view (lines in that view's plane), or one for all
-                g = _views(vol[i] if isinstance(vol, list) else vol)[i]
+            if name == "grid":
+                g = _views(vol)[i]
                 img = np.repeat((np.clip(1 - g, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
             elif name == "jacobian":
                 img = jet(_views(vol)[i])

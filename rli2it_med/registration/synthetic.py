@@ -95,16 +95,27 @@ def _template_from_nilearn() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def random_deformation(
-    shape: tuple[int, ...], gen: torch.Generator, velocity_std: float, control_points: int
+    shape: tuple[int, ...], gen: torch.Generator, velocity_std: float, control_points: int, fast: bool = False
 ) -> torch.Tensor:
-    """Smooth diffeomorphic displacement (1, ndim, *shape) composed with a small random affine."""
+    """Smooth diffeomorphic displacement (1, ndim, *shape) composed with a small random affine.
+
+    The velocity is integrated by scaling and squaring: in float64 on the full grid, bit-exact from the seed (the
+    datasets), or with ``fast`` in float32 on a grid half as fine, then upsampled: ~5x faster, and no point lands
+    more than ~0.5 voxel (0.01 on average) from where the exact integration puts it (the demo pair, built at every
+    run)."""
     nd = len(shape)
     coarse = torch.randn(1, nd, *([control_points] * nd), generator=gen, dtype=torch.float64) * velocity_std
     mode = ("bilinear", "trilinear")[nd - 2]
-    velocity = F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
+    grid = tuple((s + 1) // 2 for s in shape) if fast else shape
+    # voxels of the integration grid per voxel of the image grid, per axis (corners aligned)
+    ratio = torch.tensor([(g - 1) / (s - 1) for g, s in zip(grid, shape)], dtype=torch.float64).view(1, nd, *[1] * nd)
+    dtype = torch.float32 if fast else torch.float64
+    velocity = F.interpolate(coarse * ratio, size=grid, mode=mode, align_corners=True).to(dtype)
     field = velocity / 2**7
     for _ in range(7):  # scaling and squaring
         field = compose(field, field)
+    if fast:
+        field = F.interpolate(field.double(), size=shape, mode=mode, align_corners=True) / ratio
     # small affine about the centre: rotation <= 5 degrees per plane, scale 1 +- 4 %, shift <= 2 voxels
     u = lambda *s: torch.rand(*s, generator=gen, dtype=torch.float64) * 2 - 1  # noqa: E731
     matrix = torch.eye(nd, dtype=torch.float64)
@@ -125,12 +136,18 @@ def random_deformation(
 
 
 def make_subject(
-    image: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, velocity_std: float, control_points: int
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    gen: torch.Generator,
+    velocity_std: float,
+    control_points: int,
+    fast: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Deform, bias and add noise to one atlas image (1, 1, *S); return float32 image and uint8 labels."""
+    """Deform, bias and add noise to one atlas image (1, 1, *S); return float32 image and uint8 labels (``fast``:
+    :func:`random_deformation`'s)."""
     shape = tuple(image.shape[2:])
     nd = len(shape)
-    ddf = random_deformation(shape, gen, velocity_std, control_points)
+    ddf = random_deformation(shape, gen, velocity_std, control_points, fast)
     moved = warp(image.double(), ddf)
     moved_labels = warp(labels, ddf, mode="nearest")
     coarse_bias = torch.randn(1, 1, *([3] * nd), generator=gen, dtype=torch.float64) * 0.08
@@ -170,7 +187,7 @@ def demo_pair(spatial_dims: int = 3, seed: int = 20261124) -> dict:
     gen = torch.Generator().manual_seed(seed)
     img = torch.from_numpy(image).view(1, 1, *image.shape)
     lab = torch.from_numpy(labels.astype(np.int64)).view(1, 1, *labels.shape)
-    fixed, fixed_seg = make_subject(img, lab, gen, velocity_std=3.0, control_points=control_points)
+    fixed, fixed_seg = make_subject(img, lab, gen, 3.0, control_points, fast=True)  # built at every run
     return {
         "fixed": fixed,
         "moving": image.astype(np.float32),

@@ -27,3 +27,19 @@ def test_the_template_is_built_once_then_read_from_the_cache(tmp_path, monkeypat
     monkeypatch.setenv("RLI2IT_CACHE", str(blocked))
     np.testing.assert_array_equal(synthetic.load_template()[1], built[1])
     assert len(calls) == 3
+
+
+def test_the_fast_deformation_lands_points_where_the_exact_one_does():
+    import torch
+
+    from rli2it_med.registration.metrics import jacobian_determinant
+
+    for shape, control_points in (((96, 112, 96), 5), ((128, 128), 6)):
+        exact = synthetic.random_deformation(shape, torch.Generator().manual_seed(3), 3.0, control_points)
+        again = synthetic.random_deformation(shape, torch.Generator().manual_seed(3), 3.0, control_points)
+        fast = synthetic.random_deformation(shape, torch.Generator().manual_seed(3), 3.0, control_points, fast=True)
+        assert torch.equal(exact, again) and exact.dtype == fast.dtype == torch.float64
+        gap = (fast - exact).norm(dim=1)
+        assert exact.norm(dim=1).max() > 5  # displacements of several voxels
+        assert gap.max() < 0.6 and gap.mean() < 0.03  # measured 0.47 / 0.022 (3D), 0.31 / 0.016 (2D)
+        assert (jacobian_determinant(fast) > 0).all()  # still a diffeomorphism
