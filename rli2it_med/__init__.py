@@ -5,8 +5,6 @@ import gc
 
 __version__ = "0.1.0"
 
-_exit_sweep_skipped = False
-
 
 def skip_exit_sweep() -> None:
     """Let this process exit without the interpreter's last garbage-collection sweeps.
@@ -15,8 +13,6 @@ def skip_exit_sweep() -> None:
     again: with torch and MONAI loaded those sweeps take ~1.5 s on 2 CPU cores, after the work is done. The operating
     system reclaims the memory anyway, and what Python promises at exit still happens: the other atexit handlers
     (logging's flush) run, and so does every ``close`` and ``with`` of the code. The command line and the bundles'
-    workflows call it."""
-    global _exit_sweep_skipped
-    if not _exit_sweep_skipped:
-        atexit.register(gc.freeze)
-        _exit_sweep_skipped = True
+    workflows call it; calling it again changes nothing."""
+    atexit.unregister(gc.freeze)  # registered once, however often called
+    atexit.register(gc.freeze)

@@ -34,7 +34,7 @@ def _boundary(labels: np.ndarray) -> np.ndarray:
 
 
 def qc_picture(
-    fixed: Volume,
+    fixed: np.ndarray,
     moving: Volume,
     warped: Volume,
     fixed_seg: Volume | None = None,
@@ -45,9 +45,8 @@ def qc_picture(
     """An RGB uint8 montage: rows fixed, moving, warped (with the fixed labels' boundaries in red when given), a
     checkerboard of fixed and warped, and when given a deformed grid and the Jacobian determinant (log scale: blue
     shrinks, red grows, yellow folds); columns the three mid slices (one for 2D). Intensities share one window, from
-    the fixed image. Each input is a volume, or its :func:`mid_slices` already cut (cheaper to resample)."""
-    pixels = np.concatenate([s.ravel() for s in fixed]) if isinstance(fixed, list) else fixed
-    hi = float(np.percentile(pixels[pixels > 0], 99.5)) if np.any(pixels > 0) else 1.0
+    the fixed volume. Every other input is a volume, or its :func:`mid_slices` already cut (cheaper to resample)."""
+    hi = float(np.percentile(fixed[fixed > 0], 99.5)) if np.any(fixed > 0) else 1.0
     hi = hi if hi > 0 else 1.0
 
     def grey(v: np.ndarray) -> np.ndarray:
