@@ -8,9 +8,12 @@ plus noise; labels follow with nearest neighbour.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,33 +42,37 @@ SHAPE_2D = (128, 128)
 def load_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Skull-stripped T1 (0-1), labels and the 2 mm affine of the ICBM152 2009a template, cropped to 96x112x96.
 
-    Built from nilearn's files once and then read from the user cache (``$RLI2IT_CACHE``, default
-    ``~/.cache/rli2it``, one file per nilearn version): importing nilearn and resampling its template take seconds,
-    a third of the bundle demo's time. The cache holds exactly the arrays built here; a missing, unreadable or
-    unwritable cache only means building them again.
+    Built from nilearn's files once and then read from the user cache (:func:`_cached`, one file per nilearn
+    version): importing nilearn and resampling its template take seconds, a third of the bundle demo's time.
     """
-    path = _template_cache()
-    try:
-        z = io.load_npz(path)
-        return z["image"], z["labels"], z["affine"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        pass
-    image, labels, affine = _template_from_nilearn()
-    try:
-        io.save_npz_deterministic(path, {"image": image, "labels": labels, "affine": affine})
-    except OSError:
-        pass
-    return image, labels, affine
+    z = _cached(_template_name(), _template_from_nilearn)
+    return z["image"], z["labels"], z["affine"]
 
 
-def _template_cache() -> Path:
+def _template_name() -> str:
     from importlib.metadata import version
 
-    root = Path(os.environ.get("RLI2IT_CACHE", "~/.cache/rli2it")).expanduser()
-    return root / "templates" / f"icbm152_2009a_2mm_{'x'.join(map(str, SHAPE_3D))}_nilearn-{version('nilearn')}.npz"
+    return f"icbm152_2009a_2mm_{'x'.join(map(str, SHAPE_3D))}_nilearn-{version('nilearn')}"
 
 
-def _template_from_nilearn() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cached(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays of ``build()``, built once and then read from the user cache: ``name.npz`` under
+    ``$RLI2IT_CACHE/templates`` (default ``~/.cache/rli2it``). The cache holds exactly the arrays built; a
+    missing, unreadable or unwritable cache only means building them again."""
+    path = Path(os.environ.get("RLI2IT_CACHE", "~/.cache/rli2it")).expanduser() / "templates" / f"{name}.npz"
+    try:
+        return io.load_npz(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    arrays = build()
+    try:
+        io.save_npz_deterministic(path, arrays)
+    except OSError:
+        pass
+    return arrays
+
+
+def _template_from_nilearn() -> dict[str, np.ndarray]:
     from nilearn import datasets
 
     t1 = datasets.load_mni152_template(resolution=2)
@@ -91,7 +98,7 @@ def _template_from_nilearn() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     out_img[tuple(dst)] = image[tuple(src)]
     out_lab[tuple(dst)] = labels[tuple(src)]
     out_img /= np.percentile(out_img[out_lab > 0], 99.5)
-    return np.clip(out_img, 0, 1).astype(np.float32), out_lab, affine
+    return {"image": np.clip(out_img, 0, 1).astype(np.float32), "labels": out_lab, "affine": affine}
 
 
 def random_deformation(
@@ -168,30 +175,39 @@ def slice_2d(image3d: np.ndarray, labels3d: np.ndarray, affine: np.ndarray, z: i
 
 
 def demo_pair(spatial_dims: int = 3, seed: int = 20261124) -> dict:
-    """A held-out template pair built now: fixed = a seeded synthetic subject, moving = its atlas.
+    """A held-out template pair: fixed = a seeded synthetic subject, moving = its atlas.
 
     Same deformation model as the shipped training data (``data_prep/brain.py``) with a seed the datasets do not
-    use. 3D: the 2 mm template (96x112x96); 2D: its central axial slice padded to 128x128.
+    use. 3D: the 2 mm template (96x112x96); 2D: its central axial slice padded to 128x128. The subject is built once
+    and then read from the user cache like the template (half a second of the bundle demo's ten); the cache file's
+    name holds a digest of the code that builds it and of the torch version, so a change to either builds it anew.
 
     Returns:
         dict with ``fixed``, ``moving`` (float32), ``fixed_seg``, ``moving_seg`` (uint8), ``affine`` (4x4, voxel to
         RAS mm; 2D images are one-slice volumes), ``label_names``.
     """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     image, labels, affine = load_template()
     control_points = 5
     if spatial_dims == 2:
         image, labels, affine = slice_2d(image, labels, affine, 46)
         control_points = 6
-    elif spatial_dims != 3:
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    gen = torch.Generator().manual_seed(seed)
-    img = torch.from_numpy(image).view(1, 1, *image.shape)
-    lab = torch.from_numpy(labels.astype(np.int64)).view(1, 1, *labels.shape)
-    fixed, fixed_seg = make_subject(img, lab, gen, 3.0, control_points, fast=True)  # built at every run
+
+    def build() -> dict[str, np.ndarray]:
+        gen = torch.Generator().manual_seed(seed)
+        img = torch.from_numpy(image).view(1, 1, *image.shape)
+        lab = torch.from_numpy(labels.astype(np.int64)).view(1, 1, *labels.shape)
+        fixed, fixed_seg = make_subject(img, lab, gen, 3.0, control_points, fast=True)
+        return {"fixed": fixed, "fixed_seg": fixed_seg}
+
+    sources = (Path(__file__), Path(sys.modules[compose.__module__].__file__))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    subject = _cached(f"demo_{spatial_dims}d_seed{seed}_{_template_name()}_torch-{torch.__version__}_{digest}", build)
     return {
-        "fixed": fixed,
+        "fixed": subject["fixed"],
         "moving": image.astype(np.float32),
-        "fixed_seg": fixed_seg,
+        "fixed_seg": subject["fixed_seg"],
         "moving_seg": labels.astype(np.uint8),
         "affine": affine,
         "label_names": dict(LABEL_NAMES),

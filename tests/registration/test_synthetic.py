@@ -29,6 +29,27 @@ def test_the_template_is_built_once_then_read_from_the_cache(tmp_path, monkeypat
     assert len(calls) == 3
 
 
+def test_the_demo_subject_is_built_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    calls = []
+    build = synthetic.make_subject
+    monkeypatch.setattr(synthetic, "make_subject", lambda *a, **k: calls.append(1) or build(*a, **k))
+    monkeypatch.setenv("RLI2IT_CACHE", str(tmp_path))
+
+    built = synthetic.demo_pair(2)
+    cached = synthetic.demo_pair(2)
+    assert len(calls) == 1  # the second call read the subject from the file
+    assert built.keys() == cached.keys()
+    for key in ("fixed", "moving", "fixed_seg", "moving_seg", "affine"):
+        assert built[key].dtype == cached[key].dtype
+        np.testing.assert_array_equal(built[key], cached[key])
+    assert built["fixed"].shape == synthetic.SHAPE_2D and not np.array_equal(built["fixed"], built["moving"])
+    names = sorted(p.name for p in (tmp_path / "templates").iterdir())
+    assert len(names) == 2 and names[0].startswith("demo_2d_seed20261124_icbm152_")  # beside the template
+
+    synthetic.demo_pair(2, seed=1)  # another seed is another subject
+    assert len(calls) == 2
+
+
 def test_the_fast_deformation_lands_points_where_the_exact_one_does():
     import torch
 
