@@ -9,9 +9,9 @@ plus noise; labels follow with nearest neighbour.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +45,7 @@ def load_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Built from nilearn's files once and then read from the user cache (:func:`_cached`, one file per nilearn
     version): importing nilearn and resampling its template take seconds, a third of the bundle demo's time.
     """
-    z = _cached(_template_name(), _template_from_nilearn)
+    z = _cached(_template_name(), ("image", "labels", "affine"), _template_from_nilearn)
     return z["image"], z["labels"], z["affine"]
 
 
@@ -55,13 +55,14 @@ def _template_name() -> str:
     return f"icbm152_2009a_2mm_{'x'.join(map(str, SHAPE_3D))}_nilearn-{version('nilearn')}"
 
 
-def _cached(name: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The arrays of ``build()``, built once and then read from the user cache: ``name.npz`` under
+def _cached(name: str, keys: tuple[str, ...], build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of ``build()``, built once and then read from the user cache: ``name.npz`` under
     ``$RLI2IT_CACHE/templates`` (default ``~/.cache/rli2it``). The cache holds exactly the arrays built; a
-    missing, unreadable or unwritable cache only means building them again."""
+    missing, unreadable or unwritable cache, or one without every key, only means building them again."""
     path = Path(os.environ.get("RLI2IT_CACHE", "~/.cache/rli2it")).expanduser() / "templates" / f"{name}.npz"
     try:
-        return io.load_npz(path)
+        z = io.load_npz(path)
+        return {k: z[k] for k in keys}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass
     arrays = build()
@@ -201,9 +202,10 @@ def demo_pair(spatial_dims: int = 3, seed: int = 20261124) -> dict:
         fixed, fixed_seg = make_subject(img, lab, gen, 3.0, control_points, fast=True)
         return {"fixed": fixed, "fixed_seg": fixed_seg}
 
-    sources = (Path(__file__), Path(sys.modules[compose.__module__].__file__))
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
-    subject = _cached(f"demo_{spatial_dims}d_seed{seed}_{_template_name()}_torch-{torch.__version__}_{digest}", build)
+    sources = (__file__, inspect.getsourcefile(compose))  # this module and the warps it builds the subject with
+    digest = hashlib.sha256(b"".join(Path(f).read_bytes() for f in sources)).hexdigest()[:12]
+    name = f"demo_{spatial_dims}d_seed{seed}_{_template_name()}_torch-{torch.__version__}_{digest}"
+    subject = _cached(name, ("fixed", "fixed_seg"), build)
     return {
         "fixed": subject["fixed"],
         "moving": image.astype(np.float32),

@@ -49,6 +49,11 @@ def test_the_demo_subject_is_built_once_then_read_from_the_cache(tmp_path, monke
     synthetic.demo_pair(2, seed=1)  # another seed is another subject
     assert len(calls) == 2
 
+    demo = tmp_path / "templates" / names[0]
+    np.savez(demo, fixed=built["fixed"])  # a cache file without every array is built again
+    np.testing.assert_array_equal(synthetic.demo_pair(2)["fixed_seg"], built["fixed_seg"])
+    assert len(calls) == 3
+
 
 def test_the_fast_deformation_lands_points_where_the_exact_one_does():
     import torch
