@@ -19,6 +19,12 @@ each frame alone, with the content and style losses of the same frames.
     python bench/style.py                                  # 10 + 10 min training, 5 min video GRUs
     python bench/style.py --model runs/bench_style/best.pt --video-model runs/bench_style/video/model.pt
     python bench/style.py --quick                          # 1-minute trainings
+    python bench/style.py --one-step-weights 30 100        # also one-step networks trained at lambda 30 and 100
+
+``--one-step-weights`` trains more one-step networks, each for the same time, with the style weight lambda of the
+learning loss set to each value: their points trace the one-step network's own trade-off (a heavier stylisation in
+one pass), against which rli2it's later steps are compared (every method is still scored with the same content and
+style terms).
 
 The tables go to stdout; the last line is all results as one JSON object.
 """
@@ -32,6 +38,7 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -139,9 +146,11 @@ def seconds_512(model: ImageEditor, steps: int, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def plot_tradeoff(curve: dict, one_step: dict, magenta_row: dict | None, path: Path) -> None:
+def plot_tradeoff(
+    curve: dict, one_step: dict, magenta_row: dict | None, path: Path, weighted: list[dict] | None = None
+) -> None:
     """Content loss (x) against style loss (y) after each step: rli2it, the one-step network applied again and
-    again, and Magenta's point."""
+    again, Magenta's point and the one-step networks trained at other style weights (rows of ``weighted``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,6 +162,9 @@ def plot_tradeoff(curve: dict, one_step: dict, magenta_row: dict | None, path: P
         for t in (1, 5, 10):
             ax.annotate(str(t), (c["content_steps"][t], c["style_steps"][t]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")  # fmt: skip
+    if weighted:
+        ax.plot([r["content"] for r in weighted], [r["style"] for r in weighted], "^:", ms=5,
+                label="one-step networks, lambda " + ", ".join(f"{r['lambda']:g}" for r in weighted))  # fmt: skip
     if magenta_row:
         ax.plot([magenta_row["content"]], [magenta_row["style"]], "k*", ms=9, label="Magenta arbitrary")
     ax.set_xlabel("content loss (lower: closer to the photo)")
@@ -177,6 +189,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=str(ROOT / "docs" / "style_tradeoff.png"), help="content-style curve PNG")
     parser.add_argument("--quick", action="store_true", help="1-minute trainings, 10 frames")
+    parser.add_argument(
+        "--one-step-weights", type=float, nargs="*", default=[], help="also train one-step networks at these lambda"
+    )
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.video_minutes, args.frames = 1.0, 1.0, 10
@@ -192,7 +207,8 @@ def main() -> None:
         model_path = Path(args.out) / "best.pt"
     model, style = load_stylizer(model_path, "cpu")
     cfg.agent = model.agent.config
-    loss = style_loss_of(StyleLossConfig(**model.metadata["config"]["training"]["loss"]), style)
+    loss_config = StyleLossConfig(**model.metadata["config"]["training"]["loss"])
+    loss = style_loss_of(loss_config, style)
     one_step, iterations = train_one_step(cfg, loss, args.minutes, args.seed)
     results["one_step_iterations"] = iterations
 
@@ -206,6 +222,13 @@ def main() -> None:
     for t in (1, 5, 10):
         label = "one-step network" + (f", applied {t} times" if t > 1 else "")
         rows.append({"method": label, "content": reference["content_steps"][t], "style": reference["style_steps"][t]})
+    weighted = [{"lambda": loss_config.style_weight, **losses_of(loss, one_step.edit(test, 1).image, test)}]
+    for weight in args.one_step_weights:
+        heavier = style_loss_of(StyleLossConfig(**(asdict(loss_config) | {"style_weight": weight})), style)
+        net, its = train_one_step(cfg, heavier, args.minutes, args.seed)
+        weighted.append({"lambda": weight, **losses_of(loss, net.edit(test, 1).image, test), "iterations": its})
+        rows.append({"method": f"one-step network, lambda {weight:g}", **{k: weighted[-1][k] for k in ("content",
+                     "style")}})  # fmt: skip
     try:
         stylised, magenta_seconds = magenta(test, load_style(args.style, None))
         rows.append({"method": "Magenta arbitrary (ONNX)", **losses_of(loss, stylised, test)})
@@ -219,7 +242,8 @@ def main() -> None:
     results["rli2it_512_5steps_s"] = seconds_512(model, 5)
     results["one_step_512_s"] = seconds_512(one_step, 1)
     results["parameters"] = count_parameters(model.agent.planner) + count_parameters(model.agent.actor)
-    plot_tradeoff(curve, reference, magenta_row, Path(args.plot))
+    results["one_step_weights"] = weighted
+    plot_tradeoff(curve, reference, magenta_row, Path(args.plot), weighted if args.one_step_weights else None)
     print_table(
         f"Style transfer, {len(test)} test images 128x128, style {args.style}",
         rows,
