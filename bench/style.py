@@ -222,13 +222,14 @@ def main() -> None:
     for t in (1, 5, 10):
         label = "one-step network" + (f", applied {t} times" if t > 1 else "")
         rows.append({"method": label, "content": reference["content_steps"][t], "style": reference["style_steps"][t]})
-    weighted = [{"lambda": loss_config.style_weight, **losses_of(loss, one_step.edit(test, 1).image, test)}]
+    single = {"content": reference["content_steps"][1], "style": reference["style_steps"][1]}
+    weighted = [{"lambda": loss_config.style_weight, **single}]  # then the same network at the other lambdas
     for weight in args.one_step_weights:
         heavier = style_loss_of(StyleLossConfig(**(asdict(loss_config) | {"style_weight": weight})), style)
         net, its = train_one_step(cfg, heavier, args.minutes, args.seed)
-        weighted.append({"lambda": weight, **losses_of(loss, net.edit(test, 1).image, test), "iterations": its})
-        rows.append({"method": f"one-step network, lambda {weight:g}", **{k: weighted[-1][k] for k in ("content",
-                     "style")}})  # fmt: skip
+        scored = losses_of(loss, net.edit(test, 1).image, test)
+        weighted.append({"lambda": weight, **scored, "iterations": its})
+        rows.append({"method": f"one-step network, lambda {weight:g}", **scored})
     try:
         stylised, magenta_seconds = magenta(test, load_style(args.style, None))
         rows.append({"method": "Magenta arbitrary (ONNX)", **losses_of(loss, stylised, test)})
