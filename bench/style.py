@@ -20,6 +20,7 @@ each frame alone, with the content and style losses of the same frames.
     python bench/style.py --model runs/bench_style/best.pt --video-model runs/bench_style/video/model.pt
     python bench/style.py --quick                          # 1-minute trainings
     python bench/style.py --one-step-weights 30 100        # also one-step networks trained at lambda 30 and 100
+    python bench/style.py --set sac.lr_planner=0           # rli2it without the policy gradient (an ablation)
 
 ``--one-step-weights`` trains more one-step networks, each for the same time, with the style weight lambda of the
 learning loss set to each value: their points trace the one-step network's own trade-off (a heavier stylisation in
@@ -48,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.registration import print_table  # noqa: E402
+from bench.registration import print_table, set_options  # noqa: E402
 from rli2it_med.agent import Agent  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_vision.editing import EditConfig, ImageEditor  # noqa: E402
@@ -192,12 +193,21 @@ def main() -> None:
     parser.add_argument(
         "--one-step-weights", type=float, nargs="*", default=[], help="also train one-step networks at these lambda"
     )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="PART.KEY=VALUE",
+        help="change the training configuration (JSON values), e.g. sac.lr_planner=0 (no policy gradient); the "
+        "one-step network shares its agent, loss and sac.lr_aux",
+    )
     args = parser.parse_args()
     if args.quick:
         args.minutes, args.video_minutes, args.frames = 1.0, 1.0, 10
     torch.set_num_threads(2)
 
     cfg = StyleTrainConfig(out=args.out, style=args.style, minutes=args.minutes, seed=args.seed, device="cpu")
+    set_options(cfg, args.set)
     results: dict = {"date": time.strftime("%Y-%m-%d"), "style": args.style, "minutes": args.minutes}
     if args.model:
         model_path = Path(args.model)

@@ -330,6 +330,8 @@ def _digits_train(args: argparse.Namespace) -> int:
     from rli2it_vision import digits
 
     cfg = _task_config(args, TrainConfig, lambda: digits.default_config(out=args.out))
+    if args.dice_weight is not None:
+        cfg.loss = type(cfg.loss)(**(cfg.loss.to_dict() | {"dice_weight": args.dice_weight}))  # validated
     _report(digits.train_digits(cfg, args.mode, resume=args.resume, progress=not args.quiet))
     return 0
 
@@ -396,6 +398,12 @@ def _add_digits(sub) -> None:
     t = dsub.add_parser("train", help="train (or resume) the DigitsTransform agent")
     _add_training_options(t, "runs/digits")
     t.add_argument("--mode", default="same", choices=("same", "cross"), help="same-digit or cross-digit pairs")
+    t.add_argument(
+        "--dice-weight",
+        type=float,
+        help="add this weight x (1 - soft Dice) of the digit masks to the auxiliary loss (default 0: NCC + "
+        "smoothness alone, the paper's loss; docs/benchmarks.md measures 1.0)",
+    )
     t.set_defaults(func=_digits_train)
     for name, func, text in (
         ("evaluate", _digits_evaluate, "Dice per digit, before and after, and Dice after each step"),

@@ -148,3 +148,29 @@ def test_cli_names_the_vision_extra_when_its_packages_are_missing(monkeypatch, c
     monkeypatch.setattr(cli_module, "_digits_evaluate", needs_cv2)  # any vision import the command reaches
     assert cli(["digits", "evaluate"]) == 2
     assert "No module named 'cv2' (the vision tasks' packages: pip install 'rli2it[vision]')" in capsys.readouterr().err
+
+
+def test_bench_set_options_changes_nested_fields_and_names_bad_ones():
+    from bench.registration import set_options
+
+    cfg = default_config()
+    set_options(cfg, ["sac.lr_planner=0", "loss.smooth_weight=0.1", "env.max_steps=10", "minutes=2.5"])
+    assert (cfg.sac.lr_planner, cfg.loss.smooth_weight, cfg.env.max_steps, cfg.minutes) == (0, 0.1, 10, 2.5)
+    with pytest.raises(SystemExit, match="no option 'loss.smoothing'"):
+        set_options(cfg, ["loss.smoothing=1"])
+    with pytest.raises(SystemExit, match="no option 'nopart.x'"):
+        set_options(cfg, ["nopart.x=1"])
+    with pytest.raises(SystemExit, match="not JSON"):
+        set_options(cfg, ["loss.smooth_weight=abc"])
+
+
+def test_cli_dice_weight_reaches_the_auxiliary_loss_and_a_negative_one_is_refused(tmp_path, monkeypatch, capsys):
+    from rli2it_vision import digits
+
+    seen = {}
+    monkeypatch.setattr(digits, "train_digits", lambda cfg, mode, **kw: seen.setdefault("cfg", cfg) and {})
+    out = str(tmp_path / "run")
+    assert cli(["digits", "train", "--out", out, "--max-updates", "1", "--dice-weight", "0.5", "--quiet"]) == 0
+    assert seen["cfg"].loss.dice_weight == 0.5 and seen["cfg"].loss.kernel_size == 7  # the rest is the default
+    assert cli(["digits", "train", "--out", out, "--max-updates", "1", "--dice-weight", "-1", "--quiet"]) == 2
+    assert "dice_weight must be >= 0" in capsys.readouterr().err
