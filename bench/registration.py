@@ -36,7 +36,7 @@ from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps, parse_refine  # noqa: E402
 from rli2it_med.io import atomic_write_bytes  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
-from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label, one_hot_labels  # noqa: E402
+from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
 from rli2it_med.registration.warp import identity_grid, warp  # noqa: E402
 
 LABELS = {1: "CSF", 2: "GM", 3: "WM"}
@@ -112,17 +112,17 @@ def train_voxelmorph(
     it stopped; ``sitting`` then caps this call's minutes, for budgets longer than one sitting. ``clock="cpu"``
     counts the budget (not ``sitting``) in the process's CPU time divided by torch's threads: minutes of the cores'
     full use, which other jobs on the machine do not eat into."""
-    from monai.losses import DiceLoss, DiffusionLoss
+    from monai.losses import DiffusionLoss
     from monai.networks.nets import VoxelMorph
 
-    from rli2it_med.registration.losses import LocalNCC  # MONAI's LNCC, faster on CPU: the same loss as rli2it's
+    from rli2it_med.registration.losses import LocalNCC, WarpedLabelDiceLoss  # rli2it's: the same loss
 
     torch.manual_seed(seed)
     nd = train.spatial_dims
     net = VoxelMorph(spatial_dims=nd).to(device)
     ncc = LocalNCC(nd, kernel_size=kernel_size)
     smooth = DiffusionLoss()
-    dice = DiceLoss(smooth_nr=0.0, smooth_dr=1e-6)  # as rli2it's auxiliary Dice term
+    dice = WarpedLabelDiceLoss(train.label_values) if dice_weight else None  # rli2it's auxiliary Dice term
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     iters, before, cpu_before = 0, 0.0, 0.0
@@ -168,11 +168,8 @@ def train_voxelmorph(
         pair = train.get(rng.integers(0, len(train), batch_size)).to(device)
         moved, ddf = net(pair.moving, pair.fixed)
         loss = ncc(moved, pair.fixed) + smooth_weight * smooth(ddf)
-        if dice_weight:
-            values = train.label_values
-            moving_seg = one_hot_labels(pair.moving_seg, values).to(ddf.dtype)
-            fixed_seg = one_hot_labels(pair.fixed_seg, values).to(ddf.dtype)
-            loss = loss + dice_weight * dice(warp(moving_seg, ddf), fixed_seg)
+        if dice is not None:
+            loss = loss + dice_weight * dice(pair.moving_seg, pair.fixed_seg, ddf)
         opt.zero_grad()
         loss.backward()
         opt.step()

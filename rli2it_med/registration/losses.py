@@ -9,11 +9,24 @@ exactly zero (cumulative sums along whole lines did not: their rounding swamped 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LocalNCC", "box_sum", "total_variation", "SMOOTHNESS", "smoothness_loss", "RegistrationLoss"]
+from rli2it_med.registration.metrics import one_hot_labels
+from rli2it_med.registration.warp import warp
+
+__all__ = [
+    "LocalNCC",
+    "box_sum",
+    "total_variation",
+    "SMOOTHNESS",
+    "smoothness_loss",
+    "RegistrationLoss",
+    "WarpedLabelDiceLoss",
+]
 
 
 def _window_sum(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -187,3 +200,35 @@ class RegistrationLoss(nn.Module):
         ncc = self.ncc(warped, fixed)
         smooth = smoothness_loss(ddf, self.smoothness)
         return {"loss": ncc + self.smooth_weight * smooth, "ncc": ncc.detach(), "smooth": smooth.detach()}
+
+
+class WarpedLabelDiceLoss(nn.Module):
+    """``1 - soft Dice`` of moving label maps, one-hot over ``label_values`` and warped linearly by a field, against
+    the fixed label maps: MONAI's ``DiceLoss`` per item and label, averaged (the weakly supervised term of
+    :class:`~rli2it_med.registration.task.LossConfig` and of VoxelMorph's training in ``bench/``).
+
+    ``origin`` and ``block`` compute it on a block of the image: the field is the block's, ``origin`` its corner in
+    the moving image (as :func:`~rli2it_med.registration.warp.warp` takes it) and ``block`` its index in the fixed
+    one-hot maps.
+    """
+
+    def __init__(self, label_values: Sequence[int]) -> None:
+        super().__init__()
+        from monai.losses import DiceLoss
+
+        self.label_values = tuple(label_values)
+        self.dice = DiceLoss(smooth_nr=0.0, smooth_dr=1e-6)
+
+    def forward(
+        self,
+        moving_seg: torch.Tensor,
+        fixed_seg: torch.Tensor,
+        ddf: torch.Tensor,
+        origin: tuple[int, ...] | None = None,
+        block: tuple[slice, ...] | None = None,
+    ) -> torch.Tensor:
+        moving = one_hot_labels(moving_seg, self.label_values).to(ddf.dtype)
+        fixed = one_hot_labels(fixed_seg, self.label_values).to(ddf.dtype)
+        if block is not None:
+            fixed = fixed[block]
+        return self.dice(warp(moving, ddf, origin=origin), fixed)

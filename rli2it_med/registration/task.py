@@ -10,8 +10,7 @@ from rli2it_med.agent.buffer import ReplayBatch
 from rli2it_med.agent.networks import Agent, AgentConfig
 from rli2it_med.registration.data import Pair, PairDataset
 from rli2it_med.registration.grid import upsample_field
-from rli2it_med.registration.losses import RegistrationLoss
-from rli2it_med.registration.metrics import one_hot_labels
+from rli2it_med.registration.losses import RegistrationLoss, WarpedLabelDiceLoss
 from rli2it_med.registration.warp import compose, warp
 
 __all__ = ["LossConfig", "RegistrationTask", "agent_config", "upgrade_config"]
@@ -130,9 +129,7 @@ class RegistrationTask:
         if loss.dice_weight:
             if pairs.labels is None or not pairs.label_values:
                 raise ValueError(f"dice_weight {loss.dice_weight} needs training label maps with foreground values")
-            from monai.losses import DiceLoss
-
-            self._dice_loss = DiceLoss(smooth_nr=0.0, smooth_dr=1e-6)  # soft Dice per item and label, averaged
+            self._dice_loss = WarpedLabelDiceLoss(pairs.label_values)
         self.device = torch.device(device)
         self._cached: tuple[ReplayBatch, Pair, Pair, int] | None = None
 
@@ -187,12 +184,7 @@ class RegistrationTask:
         self, images: Pair, field: torch.Tensor, origin: tuple[int, ...] | None, block: tuple[slice, ...] | None
     ) -> torch.Tensor:
         """Mean soft Dice over the foreground labels of the moving labels warped linearly by ``field``."""
-        values = self.image_pairs.label_values
-        moving = one_hot_labels(images.moving_seg, values).to(field.dtype)
-        fixed = one_hot_labels(images.fixed_seg, values).to(field.dtype)
-        if block is not None:
-            fixed = fixed[block]
-        return 1 - self._dice_loss(warp(moving, field, origin=origin), fixed)
+        return 1 - self._dice_loss(images.moving_seg, images.fixed_seg, field, origin, block)
 
     def _crop(self, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[slice, ...]]:
         """A uniformly placed block of side ``crop`` (clipped to the image): its origin and its index."""

@@ -168,7 +168,12 @@ def test_cli_dice_weight_reaches_the_auxiliary_loss_and_a_negative_one_is_refuse
     from rli2it_vision import digits
 
     seen = {}
-    monkeypatch.setattr(digits, "train_digits", lambda cfg, mode, **kw: seen.setdefault("cfg", cfg) and {})
+
+    def train_digits(cfg, mode, **kwargs):  # records the configuration instead of training
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr(digits, "train_digits", train_digits)
     out = str(tmp_path / "run")
     assert cli(["digits", "train", "--out", out, "--max-updates", "1", "--dice-weight", "0.5", "--quiet"]) == 0
     assert seen["cfg"].loss.dice_weight == 0.5 and seen["cfg"].loss.kernel_size == 7  # the rest is the default
