@@ -85,7 +85,7 @@ def test_short_training_improves_the_hole_and_resumes(tmp_path):
     from rli2it_vision.inpainting import InpaintConfig, train_inpainting
 
     small = dict(channels=(16, 32, 64), critic_channels=(16, 32, 64), plan_dim=64)
-    cfg = InpaintConfig(out=str(tmp_path / "run"), size=32, max_updates=96, eval_every=16, minutes=10, batch_size=16)
+    cfg = InpaintConfig(out=str(tmp_path / "run"), size=32, max_updates=96, eval_every=16, minutes=None, batch_size=16)
     cfg.agent = agent_config(1, **small)
     cfg.env.hole, cfg.loss.border, cfg.flip = 16, 4, False
     cfg.sac.lr_aux = 1e-3

@@ -186,7 +186,7 @@ def test_short_training_learns_to_stylise(tmp_path, loss):
         for j, crop in enumerate((photo[:, :32, :32], photo[:, 16:, 16:], photo[:, 8:40, 8:40])):
             imsave(folder / f"{i}{j}.png", ((crop.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
     cfg = StyleTrainConfig(
-        out=str(tmp_path / "run"), data=str(folder), size=32, max_updates=64, eval_every=32, minutes=10
+        out=str(tmp_path / "run"), data=str(folder), size=32, max_updates=64, eval_every=32, minutes=None
     )
     cfg.agent = agent_config(32, channels=(8, 16, 16), critic_channels=(8, 8, 8, 8, 8))
     cfg.env_batch = cfg.batch_size = 4

@@ -76,7 +76,7 @@ def test_short_translation_training_improves_and_the_commands_run(tmp_path):
     from rli2it_vision.translation import TranslateConfig, train_translation
 
     small = dict(channels=(16, 32, 64), critic_channels=(16, 32, 64), plan_dim=64)
-    cfg = TranslateConfig(out=str(tmp_path / "run"), size=32, max_updates=64, eval_every=16, minutes=10)
+    cfg = TranslateConfig(out=str(tmp_path / "run"), size=32, max_updates=64, eval_every=16, minutes=None)
     cfg.agent, cfg.batch_size, cfg.sac.lr_aux = agent_config(**small), 16, 1e-3
     assert train_translation(cfg, progress=False)["updates"] == 64
     model = ImageEditor.load(tmp_path / "run" / "best.pt", "cpu", task="translation")
