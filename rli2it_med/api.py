@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,18 @@ class StepwiseRegistrationNet(nn.Module):
         self._refine = _refine_value(value)
 
     @property
+    def refine_smooth_weight(self) -> float:
+        """The refinement loss's smoothness weight (checkpoints record it as ``val["refine_smooth_weight"]`` when
+        it differs from the training loss's, which it is otherwise)."""
+        return self.refine_loss.smooth_weight
+
+    @refine_smooth_weight.setter
+    def refine_smooth_weight(self, value: float) -> None:
+        if not float(value) >= 0:
+            raise ValueError(f"refine_smooth_weight must be >= 0, got {value}")
+        self.refine_loss = replace(self.refine_loss, smooth_weight=float(value))
+
+    @property
     def coarse_steps(self) -> CoarseSteps:
         """Coarse steps run by default: an integer for one level, a tuple per level (coarsest first) for more."""
         return self._coarse_steps
@@ -406,6 +418,8 @@ class StepwiseRegistrationNet(nn.Module):
             net.refine = val.get("refine", 0)
             if "loss" in cfg:
                 net.refine_loss = LossConfig(**cfg["loss"])
+            if "refine_smooth_weight" in val:
+                net.refine_smooth_weight = val["refine_smooth_weight"]
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
         net.metadata = {k: v for k, v in payload.items() if k != "state_dict"}

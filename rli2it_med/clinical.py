@@ -28,13 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from rli2it_med.registration.data import scale_intensity
+from rli2it_med.registration.data import intensity_window, scale_intensity
 from rli2it_med.registration.metrics import jacobian_determinant
 
 __all__ = [
     "WORKING_GRID",
     "read_image",
     "affine_prealign",
+    "normalise_intensity",
+    "rotation_starts",
+    "map_contrast",
+    "other_contrast",
     "working_grid",
     "register_images",
     "ClinicalResult",
@@ -292,7 +296,7 @@ def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
 
-    def run(initial: Any, iterations: int) -> Any:
+    def run(initial: Any, iterations: int, coarse_only: bool = False) -> Any:
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         reg.SetMetricSamplingStrategy(reg.REGULAR)  # a jittered grid (RANDOM varies with thread scheduling)
@@ -302,8 +306,8 @@ def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
             learningRate=1.0, minStep=1e-2, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
         )
         reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([AFFINE_SPACING, AFFINE_SPACING / 2])
+        reg.SetShrinkFactorsPerLevel([2] if coarse_only else [2, 1])
+        reg.SetSmoothingSigmasPerLevel([AFFINE_SPACING] if coarse_only else [AFFINE_SPACING, AFFINE_SPACING / 2])
         reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         reg.SetInitialTransform(initial, inPlace=False)
         return reg.Execute(fixed2, moving2)
@@ -312,10 +316,15 @@ def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
     moving2 = _at_spacing(moving, AFFINE_SPACING)
     rigid0 = sitk.Euler3DTransform() if nd == 3 else sitk.Euler2DTransform()
     rigid0 = sitk.CenteredTransformInitializer(fixed2, moving2, rigid0, sitk.CenteredTransformInitializerFilter.MOMENTS)
-    rigid = run(rigid0, 100)
+    # a rigid fit from the centred start alone stops in a local optimum once the head is turned by ~20 degrees or
+    # more: fit from the best few rotations of a coarse search at the coarse level, then fully from the best fit
+    fits = []
+    for start in rotation_starts(fixed2, moving2, rigid0, seed):
+        fit = _unwrapped(run(start, 50, coarse_only=True))
+        fits.append((_metric(fixed2, moving2, fit, seed, 2 * AFFINE_SPACING), fit))
+    rigid = run(min(fits, key=lambda f: f[0])[1], 100)
     affine = sitk.AffineTransform(nd)
-    rigid_tx = rigid.GetNthTransform(0) if isinstance(rigid, sitk.CompositeTransform) else rigid
-    rigid_tx = (sitk.Euler3DTransform if nd == 3 else sitk.Euler2DTransform)(rigid_tx)
+    rigid_tx = _unwrapped(rigid)
     affine.SetMatrix(rigid_tx.GetMatrix())
     affine.SetTranslation(rigid_tx.GetTranslation())
     affine.SetCenter(rigid_tx.GetCenter())
@@ -324,12 +333,122 @@ def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
     return sitk.AffineTransform(result)
 
 
+def _unwrapped(transform: Any) -> Any:
+    """The Euler transform an ``ImageRegistrationMethod`` returned (it wraps the result in a composite)."""
+    sitk = _sitk()
+    tx = transform.GetNthTransform(0) if isinstance(transform, sitk.CompositeTransform) else transform
+    return (sitk.Euler3DTransform if tx.GetDimension() == 3 else sitk.Euler2DTransform)(tx)
+
+
+ROTATION_GRID = {  # degrees about the LPS axes x (left-right: nodding), y (roll) and z (yaw); 2D: about the normal
+    3: [(rx, ry, rz) for rx in (-40, -20, 0, 20, 40) for ry in (-20, 0, 20) for rz in (-20, 0, 20)],
+    2: [(r,) for r in range(-40, 41, 10)],
+}
+ROTATION_STARTS = 3  # rigid fits started from the best this many rotations of the grid
+
+
+def _metric(fixed: Any, moving: Any, transform: Any, seed: int, spacing: float | None = None) -> float:
+    """Mattes mutual information (ITK's sign: lower is better) of ``moving`` through ``transform`` on ``fixed``."""
+    sitk = _sitk()
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.REGULAR)
+    reg.SetMetricSamplingPercentage(0.5, seed + 1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetInitialTransform(transform, inPlace=False)
+    if spacing is not None:
+        fixed, moving = _at_spacing(fixed, spacing), _at_spacing(moving, spacing)
+    return float(reg.MetricEvaluate(fixed, moving))
+
+
+def rotation_starts(fixed: Any, moving: Any, centred: Any, seed: int = 0) -> list[Any]:
+    """Starts for the rigid fit: ``centred`` (centres of mass matched) turned by each rotation of
+    ``ROTATION_GRID`` about the fixed centre, scored by mutual information at twice ``AFFINE_SPACING``; the best
+    ``ROTATION_STARTS`` (the unturned start always among them), or the unturned start alone when it scores best
+    (near-aligned scans, the usual case, cost one fit)."""
+    sitk = _sitk()
+    nd = fixed.GetDimension()
+    fixed_c, moving_c = _at_spacing(fixed, 2 * AFFINE_SPACING), _at_spacing(moving, 2 * AFFINE_SPACING)
+    scored = []
+    for angles in ROTATION_GRID[nd]:
+        tx = (sitk.Euler3DTransform if nd == 3 else sitk.Euler2DTransform)(centred)
+        if nd == 3:
+            tx.SetRotation(*(float(np.radians(a)) for a in angles))
+        else:
+            tx.SetAngle(float(np.radians(angles[0])))
+        scored.append((_metric(fixed_c, moving_c, tx, seed), not any(angles), tx))
+    scored.sort(key=lambda s: s[0])
+    if scored[0][1]:
+        return [scored[0][2]]
+    best = [tx for _, _, tx in scored[:ROTATION_STARTS]]
+    if not any(unturned for _, unturned, _ in scored[:ROTATION_STARTS]):
+        best[-1] = next(tx for _, unturned, tx in scored if unturned)
+    return best
+
+
 def _at_spacing(img: Any, spacing: float) -> Any:
     """``img`` reduced to about ``spacing`` mm for the affine metric: block averages (``BinShrink``, integer factor
     per axis: cheap anti-aliasing even for 1 mm volumes); axes already that coarse are left alone."""
     sitk = _sitk()
     factors = [max(1, int(round(spacing / s))) for s in img.GetSpacing()]
     return img if all(f == 1 for f in factors) else sitk.BinShrink(img, factors)
+
+
+def normalise_intensity(img: Any) -> Any:
+    """``img`` as float32 with its background at 0 and its bright end at 1, whatever its units: ``(x - lo) / (hi -
+    lo)`` clipped below at 0, ``lo`` the 0.5th percentile of all voxels (the background level: 0, a scanner offset,
+    air noise) and ``hi`` the 99.5th percentile of the voxels above ``lo``. The same image in other units (``a x + b``,
+    ``a > 0``: int16 scanner values, an offset, a rescale slope) gives the same result; an image whose background
+    is 0 and whose top is 1 (the training data) is left as it is. Geometry is kept."""
+    sitk = _sitk()
+    lo, hi = intensity_window(sitk.GetArrayViewFromImage(img))
+    out = sitk.Cast(img, sitk.sitkFloat32)
+    if hi <= lo:
+        return out * 0.0
+    return sitk.Clamp((out - lo) * (1.0 / (hi - lo)), sitk.sitkFloat32, 0.0, float(np.finfo(np.float32).max))
+
+
+CONTRASTS = ("auto", "map", "same")
+CONTRAST_BINS = 64
+
+
+def _look_up(value: str, options: Sequence[str], name: str) -> str:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+    return value
+
+
+def map_contrast(
+    fixed: np.ndarray, moving: np.ndarray, bins: int = CONTRAST_BINS, apply_to: np.ndarray | None = None
+) -> np.ndarray:
+    """``moving`` (values in [0, 1]) with each intensity replaced by the mean fixed intensity at the voxels of that
+    moving intensity (``CONTRAST_BINS`` bins, linear between bin centres): the regression of the fixed image on the
+    moving one, which turns e.g. a T2 contrast into a T1 one once the pair is roughly aligned (affinely). Empty bins
+    take their neighbours' values. ``apply_to``: map this array instead (e.g. the unwarped moving image, with the
+    mapping fitted on a warped one). Same shape and dtype as the mapped array."""
+    target = moving if apply_to is None else apply_to
+    idx = np.clip((moving * bins).astype(np.int64), 0, bins - 1).ravel()
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    total = np.bincount(idx, weights=fixed.ravel().astype(np.float64), minlength=bins)
+    centres = (np.arange(bins) + 0.5) / bins
+    filled = count > 0
+    if not filled.any():
+        return target.copy()
+    means = np.interp(centres, centres[filled], total[filled] / count[filled])
+    return np.interp(target, centres, means).astype(target.dtype)
+
+
+def other_contrast(fixed: np.ndarray, moving: np.ndarray, threshold: float = 0.5) -> bool:
+    """Whether an affinely aligned pair (values in [0, 1]) shows two contrasts: the correlation of the two images
+    over their joint foreground is below ``threshold`` while the moving image mapped onto the fixed contrast
+    (:func:`map_contrast`) correlates better by at least 0.2 (a T1 pair, even with skull, correlates above 0.8)."""
+    fg = (fixed > 0.05) | (moving > 0.05)
+    if fg.sum() < 100:
+        return False
+    f, m = fixed[fg].astype(np.float64), moving[fg].astype(np.float64)
+    direct = float(np.corrcoef(f, m)[0, 1])
+    mapped = float(np.corrcoef(f, map_contrast(fixed, moving)[fg].astype(np.float64))[0, 1])
+    return direct < threshold and mapped > direct + 0.2
 
 
 def _to_working_array(img: Any) -> np.ndarray:
@@ -398,10 +517,16 @@ def register_images(
     seed: int = 0,
     device: str | torch.device = "cpu",
     inferer: Any | None = None,
+    contrast: str = "auto",
 ) -> ClinicalResult:
     """Register ``moving`` onto ``fixed`` (see the module docstring); ``net`` is a
     :class:`~rli2it_med.api.StepwiseRegistrationNet` of the images' dimension, run on the working pair through
-    ``inferer(inputs, net)`` when a MONAI inferer is given (the bundles), else ``net.rollout``."""
+    ``inferer(inputs, net)`` when a MONAI inferer is given (the bundles), else ``net.rollout``.
+
+    ``contrast``: ``"auto"`` maps the moving image's intensities onto the fixed image's contrast
+    (:func:`map_contrast`) when the affinely aligned pair looks like two contrasts (:func:`other_contrast`: a T2 or
+    FLAIR moving image onto a T1), ``"map"`` always, ``"same"`` never. The model was trained on one contrast."""
+    contrast = _look_up(contrast, CONTRASTS, "contrast")
     sitk = _sitk()
     start = time.perf_counter()
     fixed, moving, fseg, mseg = read_pair(fixed, moving, fixed_seg, moving_seg)
@@ -413,12 +538,17 @@ def register_images(
     _check_memory(fixed, moving)
 
     t0 = time.perf_counter()
-    pre = affine_prealign(fixed, moving, seed) if affine else sitk.AffineTransform(nd)
+    fixed_n, moving_n = normalise_intensity(fixed), normalise_intensity(moving)  # units out: background 0, top 1
+    pre = affine_prealign(fixed_n, moving_n, seed) if affine else sitk.AffineTransform(nd)
     t_affine = time.perf_counter() - t0
-    ref = working_grid(fixed)
-    fixed_w = sitk.Resample(fixed, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    moving_w = sitk.Resample(moving, ref, pre, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    pair = torch.stack([torch.from_numpy(_to_working_array(i)) for i in (fixed_w, moving_w)])[None].to(device)
+    ref = working_grid(fixed_n)
+    fixed_w = sitk.Resample(fixed_n, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    moving_w = sitk.Resample(moving_n, ref, pre, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    fixed_a, moving_a = _to_working_array(fixed_w), _to_working_array(moving_w)
+    mapped = contrast == "map" or (contrast == "auto" and other_contrast(fixed_a, moving_a))
+    if mapped:
+        moving_a = map_contrast(fixed_a, moving_a)
+    pair = torch.stack([torch.from_numpy(fixed_a), torch.from_numpy(moving_a)])[None].to(device)
     t0 = time.perf_counter()
     net = net.to(device).eval()
     with torch.no_grad():
@@ -466,6 +596,7 @@ def register_images(
         "jacobian_max": float(jac.max()),
         "jacobian_mean": float(jac.mean()),
         "affine": affine,
+        "contrast_mapped": bool(mapped),
     }
     if fseg is not None and mseg is not None:
 

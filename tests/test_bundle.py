@@ -117,10 +117,11 @@ def test_shipped_weights_load_into_the_configured_network(dim):
     chosen = (coarse_levels(val["coarse_steps"]), val["steps"], val.get("fine_steps", 0))
     assert (coarse_levels(net.coarse_steps), net.steps, net.fine_steps) == chosen
     assert refine_counts(net.refine) == refine_counts(val.get("refine", 0))
-    trained = net.metadata["config"]["loss"]  # the refinement minimises the training's auxiliary loss
+    trained = net.metadata["config"]["loss"]  # the refinement minimises the training's auxiliary loss, with the
+    # smoothness weight validation chose when the checkpoint records one
     assert (net.refine_loss.kernel_size, net.refine_loss.smooth_weight) == (
         trained["kernel_size"],
-        trained["smooth_weight"],
+        val.get("refine_smooth_weight", trained["smooth_weight"]),
     )
     for name in ("inference.json", "evaluate.json"):
         config = io.load_json(configs(dim, name))

@@ -114,6 +114,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         reg.net.fine_steps = args.fine_steps  # checked when it runs
     if args.refine is not None:
         reg.net.refine = args.refine
+    if args.refine_smooth is not None:
+        reg.net.refine_smooth_weight = args.refine_smooth
     steps, chosen = args.steps, {}
     if args.save_steps:
         from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
@@ -145,6 +147,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         chosen["fine_steps"] = reg.net.fine_steps = fine
         if args.refine is not None:
             chosen["refine"] = args.refine if isinstance(args.refine, int) else list(args.refine)
+        if args.refine_smooth is not None:
+            chosen["refine_smooth_weight"] = reg.net.refine_smooth_weight
         reg.net.refine = refine
         payload = load_checkpoint(args.model)
         payload.setdefault("val", {}).update(chosen)
@@ -744,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam iterations on the auxiliary loss after the agent's steps: N (the LNCC on the images), or C,N (C "
         "first with the images block-averaged to the episode grid) (default: the model's; 0 = the agent alone); "
         "with --save-steps, recorded as the model's default",
+    )
+    e.add_argument(
+        "--refine-smooth",
+        type=float,
+        help="smoothness weight of the refinement's loss (default: the model's, else its training loss's); with "
+        "--save-steps, recorded as the model's default",
     )
     e.add_argument(
         "--save-steps",
