@@ -53,6 +53,7 @@ import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.clinical import rotation  # noqa: E402
 from rli2it_med import clinical  # noqa: E402
 from rli2it_med.registration.synthetic import random_deformation  # noqa: E402
 from rli2it_med.registration.warp import warp  # noqa: E402
@@ -159,15 +160,6 @@ def resample_to(img: sitk.Image, spacing: tuple[float, ...], nearest: bool) -> s
                          img.GetPixelID())  # fmt: skip
 
 
-def _rotation(angle_deg: float, axis: int) -> np.ndarray:
-    a = np.radians(angle_deg)
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i] = r[j, j] = np.cos(a)
-    r[i, j], r[j, i] = -np.sin(a), np.sin(a)
-    return r
-
-
 def make_case(case: str, brain: tuple[sitk.Image, sitk.Image], pair: int, out: Path) -> dict[str, Path]:
     """Write one pair of ``case`` (fixed, moving, fixed_seg, moving_seg) under ``out``; return the paths."""
     image, labels = brain
@@ -192,7 +184,7 @@ def make_case(case: str, brain: tuple[sitk.Image, sitk.Image], pair: int, out: P
         centre = m.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in m.GetSize()])
         rot = sitk.Euler3DTransform()
         rot.SetCenter(centre)
-        rot.SetMatrix(tuple(_rotation(30.0, 0).ravel()))
+        rot.SetMatrix(tuple(rotation(30.0, 0).ravel()))
         for k, interp in (("moving", sitk.sitkLinear), ("moving_seg", sitk.sitkNearestNeighbor)):
             files[k] = sitk.Resample(files[k], files[k], rot, interp, 0, files[k].GetPixelID())
     if case == "header":
@@ -201,7 +193,7 @@ def make_case(case: str, brain: tuple[sitk.Image, sitk.Image], pair: int, out: P
         for k in ("moving", "moving_seg"):
             img = files[k]
             centre = np.asarray(img.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in img.GetSize()]))
-            tilt = _rotation(25.0, 2) @ _rotation(10.0, 0)
+            tilt = rotation(25.0, 2) @ rotation(10.0, 0)
             direction = tilt @ np.asarray(img.GetDirection()).reshape(3, 3)
             origin = np.asarray(img.GetOrigin())
             img.SetDirection(tuple(direction.ravel()))
