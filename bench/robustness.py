@@ -55,6 +55,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.clinical import rotation  # noqa: E402
 from rli2it_med import clinical  # noqa: E402
+from rli2it_med.api import parse_refine  # noqa: E402
 from rli2it_med.registration.synthetic import random_deformation  # noqa: E402
 from rli2it_med.registration.warp import warp  # noqa: E402
 
@@ -170,9 +171,8 @@ def make_case(case: str, brain: tuple[sitk.Image, sitk.Image], pair: int, out: P
         m_img = _t2_like(m_img, m_lab)
     imgs = {k: _like(a, image) for k, a in (("fixed", f_img), ("moving", m_img))}
     segs = {k: _like(a, image) for k, a in (("fixed_seg", f_lab), ("moving_seg", m_lab))}
-    grids = {"1mm": (1.0, 1.0, 1.0), "thick": (1.0, 1.0, 5.0)}
-    spacing_f = grids.get("1mm" if case == "1mm" else "", (2.0, 2.0, 2.0))
-    spacing_m = grids.get(case, spacing_f)
+    spacing_f = (1.0, 1.0, 1.0) if case == "1mm" else (2.0, 2.0, 2.0)
+    spacing_m = (1.0, 1.0, 5.0) if case == "thick" else spacing_f
     files = {
         "fixed": resample_to(imgs["fixed"], spacing_f, False),
         "fixed_seg": resample_to(segs["fixed_seg"], spacing_f, True),
@@ -225,10 +225,15 @@ def folding_percent(transform: sitk.Transform, fixed: sitk.Image) -> float:
     return float((sitk.GetArrayViewFromImage(clinical.jacobian_map(transform, fixed)) <= 0).mean() * 100)
 
 
-def run_rli2it(paths: dict[str, Path], net) -> dict:
+def run_rli2it(paths: dict[str, Path], net, contrast: str = "auto") -> dict:
     t = time.perf_counter()
     res = clinical.register_images(
-        str(paths["fixed"]), str(paths["moving"]), net, str(paths["fixed_seg"]), str(paths["moving_seg"])
+        str(paths["fixed"]),
+        str(paths["moving"]),
+        net,
+        str(paths["fixed_seg"]),
+        str(paths["moving_seg"]),
+        contrast=contrast,
     )
     seconds = time.perf_counter() - t
     fixed = sitk.ReadImage(str(paths["fixed"]))
@@ -237,6 +242,7 @@ def run_rli2it(paths: dict[str, Path], net) -> dict:
         "dice": dice_mean(target, sitk.GetArrayFromImage(res.warped_seg)),
         "folding_percent": folding_percent(res.transform, fixed),
         "seconds": seconds,
+        "seconds_affine": res.stats["seconds_affine"],
     }
 
 
@@ -271,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--brain", choices=("fsl", "icbm2009c"), default="fsl")
     parser.add_argument("--model", default=None, help="bundle folder or checkpoint (default: the shipped 3D bundle)")
+    parser.add_argument("--refine", type=parse_refine, help="rli2it refinement, N or C,N (default: the model's)")
+    parser.add_argument("--refine-smooth", type=float, help="its smoothness weight (default: the model's)")
+    parser.add_argument("--contrast", choices=clinical.CONTRASTS, default="auto", help="rli2it's contrast mapping")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="write the cases' files here (default: a temp dir)")
     parser.add_argument("--skip-syn", action="store_true", help="rli2it only (development; no ratios)")
@@ -279,6 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     net = clinical.load_network(args.model, 3)
+    if args.refine is not None:
+        net.refine = args.refine
+    if args.refine_smooth is not None:
+        net.refine_smooth_weight = args.refine_smooth
     brain = load_brain(args.brain)
     rows = []
     with tempfile.TemporaryDirectory() as t:
@@ -288,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             per = {"rli2it": [], "syn": []}
             for i in range(args.pairs):
                 paths = make_case(case, brain, i, out)
-                per["rli2it"].append(run_rli2it(paths, net))
+                per["rli2it"].append(run_rli2it(paths, net, args.contrast))
                 if not args.skip_syn:
                     per["syn"].append(run_syn(paths, mattes=case == "t2"))
                 print(f"{case} pair {i}: " + ", ".join(

@@ -318,10 +318,11 @@ def affine_prealign(fixed: Any, moving: Any, seed: int = 0) -> Any:
     rigid0 = sitk.CenteredTransformInitializer(fixed2, moving2, rigid0, sitk.CenteredTransformInitializerFilter.MOMENTS)
     # a rigid fit from the centred start alone stops in a local optimum once the head is turned by ~20 degrees or
     # more: fit from the best few rotations of a coarse search at the coarse level, then fully from the best fit
+    coarse = _at_spacing(fixed2, 2 * AFFINE_SPACING), _at_spacing(moving2, 2 * AFFINE_SPACING)
     fits = []
-    for start in rotation_starts(fixed2, moving2, rigid0, seed):
+    for start in rotation_starts(*coarse, rigid0, seed):
         fit = _unwrapped(run(start, 50, coarse_only=True))
-        fits.append((_metric(fixed2, moving2, fit, seed, 2 * AFFINE_SPACING), fit))
+        fits.append((_metric(*coarse, fit, seed), fit))
     rigid = run(min(fits, key=lambda f: f[0])[1], 100)
     affine = sitk.AffineTransform(nd)
     rigid_tx = _unwrapped(rigid)
@@ -347,7 +348,7 @@ ROTATION_GRID = {  # degrees about the LPS axes x (left-right: nodding), y (roll
 ROTATION_STARTS = 3  # rigid fits started from the best this many rotations of the grid
 
 
-def _metric(fixed: Any, moving: Any, transform: Any, seed: int, spacing: float | None = None) -> float:
+def _metric(fixed: Any, moving: Any, transform: Any, seed: int) -> float:
     """Mattes mutual information (ITK's sign: lower is better) of ``moving`` through ``transform`` on ``fixed``."""
     sitk = _sitk()
     reg = sitk.ImageRegistrationMethod()
@@ -356,19 +357,17 @@ def _metric(fixed: Any, moving: Any, transform: Any, seed: int, spacing: float |
     reg.SetMetricSamplingPercentage(0.5, seed + 1)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetInitialTransform(transform, inPlace=False)
-    if spacing is not None:
-        fixed, moving = _at_spacing(fixed, spacing), _at_spacing(moving, spacing)
     return float(reg.MetricEvaluate(fixed, moving))
 
 
 def rotation_starts(fixed: Any, moving: Any, centred: Any, seed: int = 0) -> list[Any]:
     """Starts for the rigid fit: ``centred`` (centres of mass matched) turned by each rotation of
-    ``ROTATION_GRID`` about the fixed centre, scored by mutual information at twice ``AFFINE_SPACING``; the best
+    ``ROTATION_GRID`` about the fixed centre, scored by mutual information on ``fixed`` and ``moving`` (the pair at
+    twice ``AFFINE_SPACING`` in :func:`affine_prealign`); the best
     ``ROTATION_STARTS`` (the unturned start always among them), or the unturned start alone when it scores best
     (near-aligned scans, the usual case, cost one fit)."""
     sitk = _sitk()
     nd = fixed.GetDimension()
-    fixed_c, moving_c = _at_spacing(fixed, 2 * AFFINE_SPACING), _at_spacing(moving, 2 * AFFINE_SPACING)
     scored = []
     for angles in ROTATION_GRID[nd]:
         tx = (sitk.Euler3DTransform if nd == 3 else sitk.Euler2DTransform)(centred)
@@ -376,7 +375,7 @@ def rotation_starts(fixed: Any, moving: Any, centred: Any, seed: int = 0) -> lis
             tx.SetRotation(*(float(np.radians(a)) for a in angles))
         else:
             tx.SetAngle(float(np.radians(angles[0])))
-        scored.append((_metric(fixed_c, moving_c, tx, seed), not any(angles), tx))
+        scored.append((_metric(fixed, moving, tx, seed), not any(angles), tx))
     scored.sort(key=lambda s: s[0])
     if scored[0][1]:
         return [scored[0][2]]
