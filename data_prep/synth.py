@@ -18,12 +18,14 @@ draws its training images, from a label map rather than from one image:
    image is what a model sees at inference whatever the units.
 
 The labels kept for training are the tissue labels (1 CSF, 2 GM, 3 WM), as in ``brain.py``; the files have the same
-layout (``train/val/test.npz`` + ``meta.json``): the pool holds the template T1 first (index 0), then the
-subjects; ``pairs_template`` = (subject, template), ``pairs_subject`` = (subject, another subject), so a pair can
-join two different contrasts. Same seed -> byte-identical files.
+layout (``train/val/test.npz`` + ``meta.json``): the pool holds the template T1 first (index 0; in 2D the 32 axial
+slices of brain.py's band, each subject drawn around one of them), then the subjects; ``pairs_template`` =
+(subject, template), ``pairs_subject`` = (subject, another subject), so a pair can join two different contrasts.
+Same seed -> byte-identical files.
 
     python data_prep/synth.py --out data/synth3d                   # 120 / 8 / 10 subjects (a few minutes)
     python data_prep/synth.py --out data/synth3d_small --n-train 8
+    python data_prep/synth.py --dim 2 --out data/synth2d                # 400 / 40 / 100 slices, like brain.py
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rli2it_med import io  # noqa: E402
 from rli2it_med.registration.data import intensity_window  # noqa: E402
-from rli2it_med.registration.synthetic import LABEL_NAMES, load_template, random_deformation  # noqa: E402
+from rli2it_med.registration.synthetic import LABEL_NAMES, load_template, random_deformation, slice_2d  # noqa: E402
 from rli2it_med.registration.warp import compose, warp  # noqa: E402
 
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
@@ -50,6 +52,8 @@ DEFAULTS = {
     "train": 120, "val": 8, "test": 10, "velocity_std": 3.0, "control_points": 5, "max_rotation": 10.0,
     "max_shift": 8.0, "max_scale": 0.08, "p_template": 0.3, "p_skull": 0.5, "p_thick": 0.3,
 }  # fmt: skip
+DEFAULTS_2D = {"train": 400, "val": 40, "test": 100, "control_points": 6}  # data_prep/brain.py's 2D numbers
+BAND_2D = (30, 62)  # axial slices of the 2 mm template, data_prep/brain.py's band
 
 
 def synthesis_labels(image: np.ndarray, tissue: np.ndarray, spacing: float = 2.0) -> np.ndarray:
@@ -157,43 +161,62 @@ def make_subject(template: np.ndarray, tissue: np.ndarray, classes: np.ndarray, 
     return img.astype(np.float32), lab
 
 
-def build(out: Path, seed: int, counts: dict[str, int], opts: dict) -> None:
+def atlases(dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The template(s) subjects are drawn around: images, tissue labels, synthesis classes (one per atlas) and the
+    2 mm affine. 3D: the template volume; 2D: its axial slices of ``data_prep/brain.py``'s central band, padded to
+    128x128, each its own atlas (the classes split the tissues at that slice's terciles)."""
     template, tissue, affine = load_template()
-    classes = synthesis_labels(template, tissue)
+    if dim == 3:
+        return template[None], tissue[None], synthesis_labels(template, tissue)[None], affine
+    lo, hi = BAND_2D
+    slices = [slice_2d(template, tissue, affine, z) for z in range(lo, hi)]
+    images = np.stack([s[0] for s in slices]).astype(np.float32)
+    labels = np.stack([s[1] for s in slices]).astype(np.uint8)
+    return images, labels, np.stack([synthesis_labels(i, t) for i, t in zip(images, labels)]), affine
+
+
+def build(out: Path, seed: int, counts: dict[str, int], opts: dict, dim: int = 3) -> None:
+    images0, labels0, classes0, affine = atlases(dim)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in counts.items():
         base = (seed * 1000 + SPLIT_OFFSET[split]) * 100_000
-        images, labels = [template.astype(np.float32)], [tissue.astype(np.uint8)]
-        for i in range(n):
-            img, lab = make_subject(template, tissue, classes, base + i, opts)
+        rng = np.random.default_rng(base)
+        atlas_of = rng.integers(0, len(images0), size=n) if dim == 2 else np.zeros(n, np.int64)
+        images, labels = list(images0.astype(np.float32)), list(labels0.astype(np.uint8))
+        for i, a in enumerate(atlas_of):
+            img, lab = make_subject(images0[a], labels0[a], classes0[a], base + i, opts)
             images.append(img)
             labels.append(lab)
-        rng = np.random.default_rng(base)
-        subjects = np.arange(1, n + 1)
-        partner = np.array([rng.choice(np.delete(subjects, i)) if n > 1 else 0 for i in range(n)])
+        subjects = np.arange(n) + len(images0)
+        if dim == 3:
+            partner = np.array([rng.choice(np.delete(subjects, i)) if n > 1 else 0 for i in range(n)])
+        else:  # another subject of the same slice (its atlas when it has none), as in data_prep/brain.py
+            same = [subjects[(atlas_of == a) & (np.arange(n) != i)] for i, a in enumerate(atlas_of)]
+            partner = np.array([rng.choice(c) if len(c) else atlas_of[i] for i, c in enumerate(same)])
         io.save_npz_deterministic(
             out / f"{split}.npz",
             {
                 "images": np.stack(images),
                 "labels": np.stack(labels),
-                "pairs_template": np.stack([subjects, np.zeros(n, np.int64)], 1).astype(np.int64).reshape(-1, 2),
-                "pairs_subject": np.stack([subjects, partner.astype(np.int64)], 1).astype(np.int64).reshape(-1, 2),
+                "pairs_template": np.stack([subjects, atlas_of], 1).astype(np.int64).reshape(-1, 2),
+                "pairs_subject": np.stack([subjects, partner], 1).astype(np.int64).reshape(-1, 2),
             },
         )
-        print(f"{out / split}.npz: {n} subjects + the template, shape {template.shape}")
+        print(f"{out / split}.npz: {n} subjects + {len(images0)} atlas image(s), shape {images0.shape[1:]}")
     io.save_json(
         out / "meta.json",
         {
-            "dim": 3,
+            "dim": dim,
             "seed": seed,
-            "spacing": [2.0, 2.0, 2.0],
-            "shape": list(template.shape),
+            "spacing": [2.0] * dim,
+            "shape": list(images0.shape[1:]),
             "label_values": sorted(LABEL_NAMES),
             "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
             "counts": counts,
             "synthesis": opts,
             "affine_3d": affine.tolist(),
-            "source": "label-map synthesis around nilearn ICBM152 2009a (T1, GM, WM, brain mask), 2 mm",
+            "source": "label-map synthesis around nilearn ICBM152 2009a (T1, GM, WM, brain mask), 2 mm"
+            + ("" if dim == 3 else f", axial slices {BAND_2D[0]}-{BAND_2D[1] - 1} padded to 128x128"),
         },
     )
 
@@ -201,19 +224,22 @@ def build(out: Path, seed: int, counts: dict[str, int], opts: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dim", type=int, choices=(2, 3), default=3)
     parser.add_argument("--seed", type=int, default=0)
     for split in ("train", "val", "test"):
-        parser.add_argument(f"--n-{split}", type=int, default=DEFAULTS[split], help=f"subjects in {split}")
+        parser.add_argument(f"--n-{split}", type=int, help=f"subjects in {split} (3D {DEFAULTS[split]}, 2D "
+                            f"{DEFAULTS_2D[split]})")  # fmt: skip
     for key in ("velocity_std", "max_rotation", "max_shift", "max_scale", "p_template", "p_skull", "p_thick"):
         parser.add_argument("--" + key.replace("_", "-"), type=float, default=DEFAULTS[key])
     args = parser.parse_args(argv)
     for key in ("p_template", "p_skull", "p_thick"):
         if not 0 <= getattr(args, key) <= 1:
             parser.error(f"--{key.replace('_', '-')} must be in [0, 1], got {getattr(args, key)}")
+    defaults = DEFAULTS if args.dim == 3 else DEFAULTS | DEFAULTS_2D
     opts = {k: getattr(args, k) for k in DEFAULTS if k not in ("train", "val", "test", "control_points")}
-    opts["control_points"] = DEFAULTS["control_points"]
-    counts = {s: getattr(args, f"n_{s}") for s in ("train", "val", "test")}
-    build(args.out, args.seed, counts, opts)
+    opts["control_points"] = defaults["control_points"]
+    counts = {s: defaults[s] if getattr(args, f"n_{s}") is None else getattr(args, f"n_{s}") for s in SPLIT_OFFSET}
+    build(args.out, args.seed, counts, opts, args.dim)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from rli2it_med.registration.data import Pair
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
 from rli2it_med.registration.grid import coarse_shape, downsample_image, downsample_labels, upsample_field
 from rli2it_med.registration.losses import RegistrationLoss
+from rli2it_med.registration.metrics import jacobian_determinant
 from rli2it_med.registration.rewards import mean_dice
 from rli2it_med.registration.task import LossConfig, upgrade_config
 from rli2it_med.registration.warp import warp
@@ -157,6 +158,9 @@ class _Layout:
         return t.detach().cpu().numpy() if self.numpy else t.to(self.device)
 
 
+FOLD_MARGIN = 0.05  # the refinement's fold barrier acts where det J < this
+
+
 class StepwiseRegistrationNet(nn.Module):
     """The trained agent as one network: ``(B, 2, *S)`` fixed+moving -> ``(B, ndim, *S)`` displacement after T steps.
 
@@ -189,6 +193,10 @@ class StepwiseRegistrationNet(nn.Module):
         refine_lr: Adam's learning rate of the refinement, in voxels of the episode grid.
         refine_loss: the auxiliary loss the refinement minimises (a :class:`LossConfig` or its dict; its LNCC
             window, smoothness and weight are used, label and KL terms are not); checkpoints carry the training's.
+        refine_fold_weight: weight of a barrier against folding added to the refinement's loss: the mean of
+            ``relu(FOLD_MARGIN - det J)`` of the whole field being fitted, so only voxels near or past a fold cost
+            (0: none; checkpoints record it as ``val["refine_fold_weight"]``). The agent's field folds a little
+            where the images disagree most (skull and scalp, the cut end of the brainstem); the barrier unfolds it.
     """
 
     def __init__(
@@ -203,6 +211,7 @@ class StepwiseRegistrationNet(nn.Module):
         refine: int | Sequence[int] = 0,
         refine_lr: float = 0.2,
         refine_loss: LossConfig | dict | None = None,
+        refine_fold_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if isinstance(agent, dict):
@@ -216,6 +225,7 @@ class StepwiseRegistrationNet(nn.Module):
         if not refine_lr > 0:
             raise ValueError(f"refine_lr must be > 0, got {refine_lr}")
         self.refine, self.refine_lr = refine, float(refine_lr)
+        self.refine_fold_weight = refine_fold_weight
         if isinstance(refine_loss, dict):
             refine_loss = LossConfig(**refine_loss)
         self.refine_loss = refine_loss or LossConfig(kernel_size=9, smooth_weight=0.5)
@@ -233,6 +243,17 @@ class StepwiseRegistrationNet(nn.Module):
     @refine.setter
     def refine(self, value: int | Sequence[int]) -> None:
         self._refine = _refine_value(value)
+
+    @property
+    def refine_fold_weight(self) -> float:
+        """Weight of the refinement's fold barrier (see the class docstring)."""
+        return self._refine_fold_weight
+
+    @refine_fold_weight.setter
+    def refine_fold_weight(self, value: float) -> None:
+        if not float(value) >= 0:
+            raise ValueError(f"refine_fold_weight must be >= 0, got {value}")
+        self._refine_fold_weight = float(value)
 
     @property
     def refine_smooth_weight(self) -> float:
@@ -328,10 +349,11 @@ class StepwiseRegistrationNet(nn.Module):
             delta = torch.zeros_like(base_grid, requires_grad=True)
             moments = (torch.zeros_like(delta), torch.zeros_like(delta))
             for step in range(1, count + 1):
-                if on_grid:  # the pair on the episode grid, the field in its voxels
-                    value = loss(f, warp(m, base_grid + delta), base_grid + delta)["loss"]
-                else:
-                    value = loss(f, warp(m, base + upsample_field(delta, scale, shape)), base_grid + delta)["loss"]
+                whole = base_grid + delta if on_grid else base + upsample_field(delta, scale, shape)
+                value = loss(f, warp(m, whole), base_grid + delta)["loss"]
+                if self.refine_fold_weight:  # the fold barrier: det J below FOLD_MARGIN costs
+                    barrier = torch.relu(FOLD_MARGIN - jacobian_determinant(whole)).mean()
+                    value = value + self.refine_fold_weight * barrier
                 adam_step(delta, torch.autograd.grad(value, delta)[0], moments, step, self.refine_lr)
             return base + upsample_field(delta.detach(), scale, shape)
 
@@ -420,6 +442,7 @@ class StepwiseRegistrationNet(nn.Module):
                 net.refine_loss = LossConfig(**cfg["loss"])
             if "refine_smooth_weight" in val:
                 net.refine_smooth_weight = val["refine_smooth_weight"]
+            net.refine_fold_weight = val.get("refine_fold_weight", 0.0)
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ValueError(f"{path}: not a registration agent this version can load ({e})") from e
         net.metadata = {k: v for k, v in payload.items() if k != "state_dict"}

@@ -119,3 +119,31 @@ def test_the_checkpoint_records_the_refinement_smoothness(tmp_path):
     assert net.refine_loss.kernel_size == payload["config"]["loss"]["kernel_size"]  # the rest is training's loss
     with pytest.raises(ValueError, match="refine_smooth_weight"):
         net.refine_smooth_weight = -1.0
+
+
+def _folded_start(shape: tuple[int, ...]) -> torch.Tensor:
+    """A field on ``shape`` whose bump (8 voxels along axis 0, 3 voxels wide) folds the middle of the grid."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij"))
+    centre = torch.tensor([(s - 1) / 2 for s in shape]).view(-1, *[1] * len(shape))
+    bump = torch.exp(-((grid - centre) ** 2).sum(0) / (2 * 3.0**2))
+    field = torch.zeros(1, len(shape), *shape)
+    field[0, 0] = 8.0 * bump
+    return field
+
+
+@pytest.mark.parametrize("weight, unfolds", [(0.0, False), (100.0, True)])
+def test_the_fold_barrier_unfolds_the_start_field(weight, unfolds):
+    from rli2it_med.registration.metrics import jacobian_determinant
+
+    torch.manual_seed(0)
+    net = StepwiseRegistrationNet({"spatial_dims": 2, "channels": [4, 8], "critic_channels": [4, 8]}, grid_scale=2)
+    net.refine_loss = type(net.refine_loss)(kernel_size=5, smooth_weight=0.0)  # no smoothness: the barrier alone
+    net.refine_fold_weight = weight
+    image = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 32, 32), 3, 1, 1)
+    start = _folded_start((32, 32))
+    assert (jacobian_determinant(start) <= 0).sum() > 10
+    field = net.refine_field(image, image, start, 40, 20)
+    folded = int((jacobian_determinant(field) <= 0).sum())
+    assert (folded == 0) == unfolds, folded
+    with pytest.raises(ValueError, match="refine_fold_weight"):
+        net.refine_fold_weight = -1.0

@@ -116,6 +116,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         reg.net.refine = args.refine
     if args.refine_smooth is not None:
         reg.net.refine_smooth_weight = args.refine_smooth
+    if args.refine_fold is not None:
+        reg.net.refine_fold_weight = args.refine_fold
     steps, chosen = args.steps, {}
     if args.save_steps:
         from rli2it_med.agent.checkpoint import load_checkpoint, save_checkpoint
@@ -149,6 +151,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             chosen["refine"] = args.refine if isinstance(args.refine, int) else list(args.refine)
         if args.refine_smooth is not None:
             chosen["refine_smooth_weight"] = reg.net.refine_smooth_weight
+        if args.refine_fold is not None:
+            chosen["refine_fold_weight"] = reg.net.refine_fold_weight
         reg.net.refine = refine
         payload = load_checkpoint(args.model)
         payload.setdefault("val", {}).update(chosen)
@@ -754,6 +758,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="smoothness weight of the refinement's loss (default: the model's, else its training loss's); with "
         "--save-steps, recorded as the model's default",
+    )
+    e.add_argument(
+        "--refine-fold",
+        type=float,
+        help="weight of the refinement's fold barrier (default: the model's, else 0); with --save-steps, recorded "
+        "as the model's default",
     )
     e.add_argument(
         "--save-steps",

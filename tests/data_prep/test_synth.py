@@ -44,3 +44,18 @@ def test_probabilities_are_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--p-skull", "1.5"])
     assert "--p-skull must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_2d_subjects_are_drawn_around_their_slice(tmp_path):
+    main(["--dim", "2", "--n-train", "4", "--n-val", "0", "--n-test", "0", "--out", str(tmp_path)])
+    z = np.load(tmp_path / "train.npz")
+    atlases = len(z["images"]) - 4
+    assert z["images"].shape[1:] == (128, 128) and atlases == 32
+    subjects, atlas_of = z["pairs_template"].T
+    assert list(subjects) == list(range(atlases, atlases + 4)) and (atlas_of < atlases).all()
+    for s, a in zip(subjects, atlas_of):  # a subject's tissue overlaps its own slice's more than a far slice's
+        own = np.mean(z["labels"][s] == z["labels"][a])
+        far = np.mean(z["labels"][s] == z["labels"][(a + 16) % atlases])
+        assert own > far
+    pairs = PairDataset.load(tmp_path, "train", "template")
+    assert pairs.spatial_shape == (128, 128) and len(pairs) == 4
