@@ -26,8 +26,7 @@ from rli2it_med.agent.networks import Agent, AgentConfig
 from rli2it_med.registration.data import Pair
 from rli2it_med.registration.env import EnvConfig, RegistrationEnv
 from rli2it_med.registration.grid import coarse_shape, downsample_image, downsample_labels, upsample_field
-from rli2it_med.registration.losses import RegistrationLoss
-from rli2it_med.registration.metrics import jacobian_determinant
+from rli2it_med.registration.losses import RegistrationLoss, fold_barrier
 from rli2it_med.registration.rewards import mean_dice
 from rli2it_med.registration.task import LossConfig, upgrade_config
 from rli2it_med.registration.warp import warp
@@ -194,7 +193,8 @@ class StepwiseRegistrationNet(nn.Module):
         refine_loss: the auxiliary loss the refinement minimises (a :class:`LossConfig` or its dict; its LNCC
             window, smoothness and weight are used, label and KL terms are not); checkpoints carry the training's.
         refine_fold_weight: weight of a barrier against folding added to the refinement's loss: the mean of
-            ``relu(FOLD_MARGIN - det J)`` of the whole field being fitted, so only voxels near or past a fold cost
+            ``relu(FOLD_MARGIN - det J)`` of the whole field being fitted (:func:`~rli2it_med.registration.losses.
+            fold_barrier`), so only voxels near or past a fold cost
             (0: none; checkpoints record it as ``val["refine_fold_weight"]``). The agent's field folds a little
             where the images disagree most (skull and scalp, the cut end of the brainstem); the barrier unfolds it.
     """
@@ -349,11 +349,11 @@ class StepwiseRegistrationNet(nn.Module):
             delta = torch.zeros_like(base_grid, requires_grad=True)
             moments = (torch.zeros_like(delta), torch.zeros_like(delta))
             for step in range(1, count + 1):
-                whole = base_grid + delta if on_grid else base + upsample_field(delta, scale, shape)
-                value = loss(f, warp(m, whole), base_grid + delta)["loss"]
-                if self.refine_fold_weight:  # the fold barrier: det J below FOLD_MARGIN costs
-                    barrier = torch.relu(FOLD_MARGIN - jacobian_determinant(whole)).mean()
-                    value = value + self.refine_fold_weight * barrier
+                on_episode_grid = base_grid + delta
+                whole = on_episode_grid if on_grid else base + upsample_field(delta, scale, shape)
+                value = loss(f, warp(m, whole), on_episode_grid)["loss"]
+                if self.refine_fold_weight:  # the fold barrier, on the field that warps
+                    value = value + self.refine_fold_weight * fold_barrier(whole, FOLD_MARGIN)
                 adam_step(delta, torch.autograd.grad(value, delta)[0], moments, step, self.refine_lr)
             return base + upsample_field(delta.detach(), scale, shape)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rli2it_med.registration.metrics import one_hot_labels
+from rli2it_med.registration.metrics import jacobian_determinant, one_hot_labels
 from rli2it_med.registration.warp import warp
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "total_variation",
     "SMOOTHNESS",
     "smoothness_loss",
+    "fold_barrier",
     "RegistrationLoss",
     "WarpedLabelDiceLoss",
 ]
@@ -174,6 +175,34 @@ def _smoothness(kind: str):
 def smoothness_loss(ddf: torch.Tensor, kind: str = "diffusion") -> torch.Tensor:
     """Smoothness penalty of a (B, ndim, *S) field; ``kind`` is one of :data:`SMOOTHNESS`."""
     return _smoothness(kind)(ddf)
+
+
+def fold_barrier(ddf: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
+    """Mean over the grid of ``relu(margin - det J)``, the Jacobian of ``x -> x + ddf(x)`` as in
+    :func:`~rli2it_med.registration.metrics.jacobian_determinant` (central differences, one-sided at the faces):
+    zero unless the field folds or nearly does. The determinant is differentiated only at the voxels where it is
+    below ``margin`` (found without a graph; elsewhere the term and its gradient are zero), so the cost follows the
+    few folding voxels rather than the grid: a 96x112x96 field's whole-grid backward takes ~0.35 s on two cores.
+
+    Args:
+        ddf: (B, ndim, *S) displacement in voxels, ndim 2 or 3.
+    """
+    nd = ddf.ndim - 2
+    with torch.no_grad():
+        active = (jacobian_determinant(ddf) < margin).nonzero()  # (N, 1 + nd): batch, then voxel indices
+    if not len(active):
+        return ddf.sum() * 0.0
+    b, at = active[:, 0], active[:, 1:]
+    jac = []
+    for axis in range(nd):
+        size = ddf.shape[2 + axis]
+        lo, hi = (at[:, axis] - 1).clamp(min=0), (at[:, axis] + 1).clamp(max=size - 1)
+        before, after = at.clone(), at.clone()
+        before[:, axis], after[:, axis] = lo, hi
+        read = lambda idx: ddf[(b, slice(None), *idx.unbind(1))]  # noqa: E731  (N, nd)
+        jac.append((read(after) - read(before)) / (hi - lo).clamp(min=1).unsqueeze(1).to(ddf.dtype))
+    j = torch.stack(jac, dim=2) + torch.eye(nd, dtype=ddf.dtype, device=ddf.device)  # (N, i, j) = d u_i / d x_j + I
+    return torch.relu(margin - torch.linalg.det(j)).sum() / (ddf.shape[0] * ddf[0, 0].numel())
 
 
 class RegistrationLoss(nn.Module):

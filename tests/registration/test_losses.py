@@ -2,7 +2,8 @@ import pytest
 import torch
 from monai.losses import LocalNormalizedCrossCorrelationLoss
 
-from rli2it_med.registration.losses import LocalNCC, box_sum
+from rli2it_med.registration.losses import LocalNCC, box_sum, fold_barrier
+from rli2it_med.registration.metrics import jacobian_determinant
 from tests.conftest import smooth_image
 
 
@@ -55,3 +56,19 @@ def test_local_ncc_errors_name_what_they_got():
         LocalNCC(2, 8)
     with pytest.raises(ValueError, match=r"\(1, 1, 8, 8\)"):
         LocalNCC(3)(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 10, 8), (1, 2, 17, 15)])
+def test_fold_barrier_equals_the_whole_grid_term_in_value_and_gradient(shape):
+    torch.manual_seed(0)
+    ddf = (torch.randn(*shape, dtype=torch.float64) * 0.7).requires_grad_(True)  # folds in many voxels, faces too
+    want = torch.relu(0.05 - jacobian_determinant(ddf)).mean()
+    got = fold_barrier(ddf, 0.05)
+    assert 0 < float(want) and torch.allclose(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, ddf)[0], torch.autograd.grad(want, ddf)[0])
+
+
+def test_fold_barrier_is_zero_without_folds_and_keeps_the_graph():
+    ddf = torch.zeros(1, 3, 6, 6, 6, requires_grad=True)
+    value = fold_barrier(ddf)
+    assert float(value) == 0.0 and value.requires_grad
