@@ -466,6 +466,7 @@ class StepwiseRegistrationNet(nn.Module):
             raise ValueError(f"{path}: a different agent than this network (config vs checkpoint: {diff})")
         self.agent.load_state_dict(other.agent.state_dict())
         self.metadata, self.refine_loss = other.metadata, other.refine_loss
+        self.refine_fold_weight = other.refine_fold_weight
         return self.for_inference()
 
 
@@ -504,6 +505,7 @@ class Registrator:
         reg = cls(net.agent, env, device, net.grid_scale)
         reg.net.coarse_steps, reg.net.fine_steps = net.coarse_steps, net.fine_steps
         reg.net.refine, reg.net.refine_lr, reg.net.refine_loss = net.refine, net.refine_lr, net.refine_loss
+        reg.net.refine_fold_weight = net.refine_fold_weight
         reg.metadata = net.metadata
         return reg
 

@@ -147,3 +147,15 @@ def test_the_fold_barrier_unfolds_the_start_field(weight, unfolds):
     assert (folded == 0) == unfolds, folded
     with pytest.raises(ValueError, match="refine_fold_weight"):
         net.refine_fold_weight = -1.0
+
+
+def test_every_way_of_loading_the_bundle_keeps_its_fold_barrier():
+    from rli2it_med.api import Registrator
+
+    recorded = torch.load(BUNDLE, map_location="cpu", weights_only=False)["val"]["refine_fold_weight"]
+    assert recorded > 0
+    fresh = StepwiseRegistrationNet.from_checkpoint(BUNDLE)
+    built = StepwiseRegistrationNet(fresh.agent.config, grid_scale=fresh.grid_scale).load_weights(BUNDLE)  # bundles
+    for net in (fresh, Registrator.load(BUNDLE, "cpu").net, built, clinical.load_network(None, 3)):
+        assert net.refine_fold_weight == recorded
+        assert net.refine_smooth_weight == fresh.refine_smooth_weight
