@@ -34,6 +34,8 @@ import torch  # noqa: E402
 from rli2it_med.agent.checkpoint import training_minutes  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps, parse_refine  # noqa: E402
+from rli2it_med.bundle import bundle_root  # noqa: E402
+from rli2it_med.clinical import DEFAULT_BUNDLES  # noqa: E402
 from rli2it_med.io import atomic_write_bytes  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
@@ -321,8 +323,8 @@ def plot_curve(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, choices=(2, 3), required=True)
-    parser.add_argument("--data", help="dataset folder (default data/brain{dim}d)")
-    parser.add_argument("--model", help="rli2it checkpoint (default runs/brain{dim}d/best.pt)")
+    parser.add_argument("--data", help="dataset folder (default data/brain{dim}d, built when missing)")
+    parser.add_argument("--model", help="rli2it checkpoint or bundle folder (default: the shipped bundle's model)")
     parser.add_argument("--pairs", type=int, help="test pairs (default: all; --quick: 5)")
     parser.add_argument("--steps", type=int, help="rli2it steps at test time (default: the model's)")
     parser.add_argument(
@@ -375,7 +377,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)  # read when ants / SimpleITK are imported
 
     data = args.data or str(ROOT / f"data/brain{args.dim}d")
-    model = args.model or str(ROOT / f"runs/brain{args.dim}d/best.pt")
+    if args.data is None and not (Path(data) / "meta.json").is_file():  # a fresh clone: build the default data
+        from data_prep import brain
+
+        print(f"{data}: no dataset yet; building it (python data_prep/brain.py --dim {args.dim} --out {data})")
+        brain.main(["--dim", str(args.dim), "--out", data])
+    model = args.model or str(bundle_root(DEFAULT_BUNDLES[args.dim]))
+    if Path(model).is_dir():
+        model = str(Path(model) / "models" / "model.pt")
     test = PairDataset.load(data, "test", "template")
     train = PairDataset.load(data, "train", "template")
     n = min(args.pairs or (5 if args.quick else len(test)), len(test))
