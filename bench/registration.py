@@ -17,6 +17,7 @@ The table goes to stdout, and its last line is the same as one JSON object.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
@@ -373,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.vm_sitting is not None and not args.vm_save:
         parser.error("--vm-sitting needs --vm-save (where the unfinished training waits)")
+    if "syn" not in args.skip and importlib.util.find_spec("ants") is None:  # before minutes of other work
+        parser.error("the ANTs SyN peer needs ANTsPy: pip install -e '.[bench]' (or --skip syn)")
     torch.set_num_threads(args.threads)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)  # read when ants / SimpleITK are imported
 
