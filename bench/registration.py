@@ -35,8 +35,7 @@ import torch  # noqa: E402
 from rli2it_med.agent.checkpoint import training_minutes  # noqa: E402
 from rli2it_med.agent.networks import count_parameters  # noqa: E402
 from rli2it_med.api import Registrator, format_coarse_steps, parse_coarse_steps, parse_refine  # noqa: E402
-from rli2it_med.bundle import bundle_root  # noqa: E402
-from rli2it_med.clinical import DEFAULT_BUNDLES  # noqa: E402
+from rli2it_med.clinical import DEFAULT_BUNDLES, load_network  # noqa: E402
 from rli2it_med.io import atomic_write_bytes  # noqa: E402
 from rli2it_med.registration.data import Pair, PairDataset  # noqa: E402
 from rli2it_med.registration.metrics import dice_per_label, folding_percent, hd95_per_label  # noqa: E402
@@ -385,13 +384,11 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"{data}: no dataset yet; building it (python data_prep/brain.py --dim {args.dim} --out {data})")
         brain.main(["--dim", str(args.dim), "--out", data])
-    model = args.model or str(bundle_root(DEFAULT_BUNDLES[args.dim]))
-    if Path(model).is_dir():
-        model = str(Path(model) / "models" / "model.pt")
+    model = args.model or f"the shipped {DEFAULT_BUNDLES[args.dim]} bundle"
     test = PairDataset.load(data, "test", "template")
     train = PairDataset.load(data, "train", "template")
     n = min(args.pairs or (5 if args.quick else len(test)), len(test))
-    reg = Registrator.load(model, args.device)
+    reg = Registrator.from_net(load_network(args.model, args.dim), args.device)
     if args.coarse_steps is not None:
         reg.net.coarse_steps = args.coarse_steps
     if args.fine_steps is not None:

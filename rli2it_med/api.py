@@ -193,9 +193,9 @@ class StepwiseRegistrationNet(nn.Module):
         refine_loss: the auxiliary loss the refinement minimises (a :class:`LossConfig` or its dict; its LNCC
             window, smoothness and weight are used, label and KL terms are not); checkpoints carry the training's.
         refine_fold_weight: weight of a barrier against folding added to the refinement's loss: the mean of
-            ``relu(FOLD_MARGIN - det J)`` of the whole field being fitted (:func:`~rli2it_med.registration.losses.
-            fold_barrier`), so only voxels near or past a fold cost
-            (0: none; checkpoints record it as ``val["refine_fold_weight"]``). The agent's field folds a little
+            ``relu(FOLD_MARGIN - det J)`` of the whole field being fitted
+            (:func:`~rli2it_med.registration.losses.fold_barrier`), so only voxels near or past a fold cost (0:
+            none; checkpoints record it as ``val["refine_fold_weight"]``). The agent's field folds a little
             where the images disagree most (skull and scalp, the cut end of the brainstem); the barrier unfolds it.
     """
 
@@ -465,9 +465,14 @@ class StepwiseRegistrationNet(nn.Module):
         if diff:
             raise ValueError(f"{path}: a different agent than this network (config vs checkpoint: {diff})")
         self.agent.load_state_dict(other.agent.state_dict())
-        self.metadata, self.refine_loss = other.metadata, other.refine_loss
-        self.refine_fold_weight = other.refine_fold_weight
+        self.metadata = other.metadata
+        self.take_refinement_objective(other)
         return self.for_inference()
+
+    def take_refinement_objective(self, other: StepwiseRegistrationNet) -> None:
+        """Minimise what ``other``'s refinement minimises: its loss and fold barrier (the numbers of iterations are
+        the caller's to choose)."""
+        self.refine_loss, self.refine_fold_weight = other.refine_loss, other.refine_fold_weight
 
 
 class Registrator:
@@ -504,8 +509,8 @@ class Registrator:
         env = EnvConfig(max_steps=net.steps, max_step=net.max_step, stop_dice=net.stop_dice)
         reg = cls(net.agent, env, device, net.grid_scale)
         reg.net.coarse_steps, reg.net.fine_steps = net.coarse_steps, net.fine_steps
-        reg.net.refine, reg.net.refine_lr, reg.net.refine_loss = net.refine, net.refine_lr, net.refine_loss
-        reg.net.refine_fold_weight = net.refine_fold_weight
+        reg.net.refine, reg.net.refine_lr = net.refine, net.refine_lr
+        reg.net.take_refinement_objective(net)
         reg.metadata = net.metadata
         return reg
 

@@ -411,30 +411,20 @@ CONTRASTS = ("auto", "map", "same")
 CONTRAST_BINS = 64
 
 
-def _look_up(value: str, options: Sequence[str], name: str) -> str:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(options)}; got {value!r}")
-    return value
-
-
-def map_contrast(
-    fixed: np.ndarray, moving: np.ndarray, bins: int = CONTRAST_BINS, apply_to: np.ndarray | None = None
-) -> np.ndarray:
+def map_contrast(fixed: np.ndarray, moving: np.ndarray, bins: int = CONTRAST_BINS) -> np.ndarray:
     """``moving`` (values in [0, 1]) with each intensity replaced by the mean fixed intensity at the voxels of that
     moving intensity (``CONTRAST_BINS`` bins, linear between bin centres): the regression of the fixed image on the
     moving one, which turns e.g. a T2 contrast into a T1 one once the pair is roughly aligned (affinely). Empty bins
-    take their neighbours' values. ``apply_to``: map this array instead (e.g. the unwarped moving image, with the
-    mapping fitted on a warped one). Same shape and dtype as the mapped array."""
-    target = moving if apply_to is None else apply_to
+    take their neighbours' values. Same shape and dtype as ``moving``."""
     idx = np.clip((moving * bins).astype(np.int64), 0, bins - 1).ravel()
     count = np.bincount(idx, minlength=bins).astype(np.float64)
     total = np.bincount(idx, weights=fixed.ravel().astype(np.float64), minlength=bins)
     centres = (np.arange(bins) + 0.5) / bins
     filled = count > 0
     if not filled.any():
-        return target.copy()
+        return moving.copy()
     means = np.interp(centres, centres[filled], total[filled] / count[filled])
-    return np.interp(target, centres, means).astype(target.dtype)
+    return np.interp(moving, centres, means).astype(moving.dtype)
 
 
 def other_contrast(fixed: np.ndarray, moving: np.ndarray, threshold: float = 0.5) -> bool:
@@ -525,7 +515,8 @@ def register_images(
     ``contrast``: ``"auto"`` maps the moving image's intensities onto the fixed image's contrast
     (:func:`map_contrast`) when the affinely aligned pair looks like two contrasts (:func:`other_contrast`: a T2 or
     FLAIR moving image onto a T1), ``"map"`` always, ``"same"`` never. The model was trained on one contrast."""
-    contrast = _look_up(contrast, CONTRASTS, "contrast")
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}; got {contrast!r}")
     sitk = _sitk()
     start = time.perf_counter()
     fixed, moving, fseg, mseg = read_pair(fixed, moving, fixed_seg, moving_seg)

@@ -6,7 +6,8 @@ import SimpleITK as sitk
 import torch
 
 from rli2it_med import clinical
-from rli2it_med.api import StepwiseRegistrationNet
+from rli2it_med.api import Registrator, StepwiseRegistrationNet
+from rli2it_med.registration.metrics import jacobian_determinant
 from rli2it_med.registration.synthetic import demo_pair
 
 BUNDLE = "bundles/brain_mri_rl_registration/models/model.pt"
@@ -91,8 +92,6 @@ def test_map_contrast_turns_an_inverted_contrast_back():
     assert mapped.shape == t2.shape and mapped.dtype == np.float32
     assert np.abs(mapped - t1)[brain].mean() < 0.05  # back to the fixed contrast
     assert np.corrcoef(t1[brain], t2[brain])[0, 1] < -0.9 and np.corrcoef(t1[brain], mapped[brain])[0, 1] > 0.9
-    # fitted on one array, applied to another: the mapping, not its input, decides
-    np.testing.assert_allclose(clinical.map_contrast(t1, t2, apply_to=t2[::-1]), mapped[::-1], atol=1e-6)
 
 
 def test_other_contrast_tells_an_inverted_pair_from_a_same_contrast_pair():
@@ -133,8 +132,6 @@ def _folded_start(shape: tuple[int, ...]) -> torch.Tensor:
 
 @pytest.mark.parametrize("weight, unfolds", [(0.0, False), (100.0, True)])
 def test_the_fold_barrier_unfolds_the_start_field(weight, unfolds):
-    from rli2it_med.registration.metrics import jacobian_determinant
-
     torch.manual_seed(0)
     net = StepwiseRegistrationNet({"spatial_dims": 2, "channels": [4, 8], "critic_channels": [4, 8]}, grid_scale=2)
     net.refine_loss = type(net.refine_loss)(kernel_size=5, smooth_weight=0.0)  # no smoothness: the barrier alone
@@ -150,8 +147,6 @@ def test_the_fold_barrier_unfolds_the_start_field(weight, unfolds):
 
 
 def test_every_way_of_loading_the_bundle_keeps_its_fold_barrier():
-    from rli2it_med.api import Registrator
-
     recorded = torch.load(BUNDLE, map_location="cpu", weights_only=False)["val"]["refine_fold_weight"]
     assert recorded > 0
     fresh = StepwiseRegistrationNet.from_checkpoint(BUNDLE)

@@ -193,13 +193,15 @@ def fold_barrier(ddf: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
     if not len(active):
         return ddf.sum() * 0.0
     b, at = active[:, 0], active[:, 1:]
+
+    def read(idx: torch.Tensor) -> torch.Tensor:  # the field at the N voxels idx, (N, nd)
+        return ddf[(b, slice(None), *idx.unbind(1))]
+
     jac = []
     for axis in range(nd):
-        size = ddf.shape[2 + axis]
-        lo, hi = (at[:, axis] - 1).clamp(min=0), (at[:, axis] + 1).clamp(max=size - 1)
+        lo, hi = (at[:, axis] - 1).clamp(min=0), (at[:, axis] + 1).clamp(max=ddf.shape[2 + axis] - 1)
         before, after = at.clone(), at.clone()
         before[:, axis], after[:, axis] = lo, hi
-        read = lambda idx: ddf[(b, slice(None), *idx.unbind(1))]  # noqa: E731  (N, nd)
         jac.append((read(after) - read(before)) / (hi - lo).clamp(min=1).unsqueeze(1).to(ddf.dtype))
     j = torch.stack(jac, dim=2) + torch.eye(nd, dtype=ddf.dtype, device=ddf.device)  # (N, i, j) = d u_i / d x_j + I
     return torch.relu(margin - torch.linalg.det(j)).sum() / (ddf.shape[0] * ddf[0, 0].numel())
