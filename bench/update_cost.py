@@ -2,7 +2,8 @@
 then the 3D agent's forward at batch 1 (inference) with PyTorch's own dispatch of its convolutions and with
 :class:`~rli2it_med.agent.networks.Conv3d` (oneDNN), whole and per convolution; the 2D agent's forward at batch 1 with
 its actor decoding to the state grid and one level short (the preset); then ``torch.optim.Adam``'s first
-construction (what the refinement's optimiser avoids).
+construction (what the refinement's optimiser avoids); the refinement's fold barrier forward + backward, on the whole
+grid and as :func:`~rli2it_med.registration.losses.fold_barrier` computes it.
 
 The numbers behind the design notes in docs/benchmarks.md (what an update costs; why rli2it computes MONAI's LNCC
 itself, from window sums of shifted copies with its gradient written out). LNCC is timed forward + backward on a
@@ -10,10 +11,12 @@ training batch on the image grid (where the auxiliary loss is computed). Weights
 on them.
 
     python bench/update_cost.py            # needs data/brain2d and data/brain3d from data_prep/brain.py
+    python bench/update_cost.py --fold-barrier   # that part alone (no data)
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import subprocess
 import sys
@@ -33,7 +36,8 @@ from rli2it_med.agent import SAC, Agent, EpisodeReplayBuffer  # noqa: E402
 from rli2it_med.agent.networks import Conv3d  # noqa: E402
 from rli2it_med.registration.data import PairDataset  # noqa: E402
 from rli2it_med.registration.env import RegistrationEnv  # noqa: E402
-from rli2it_med.registration.losses import LocalNCC  # noqa: E402
+from rli2it_med.registration.losses import LocalNCC, fold_barrier  # noqa: E402
+from rli2it_med.registration.metrics import jacobian_determinant  # noqa: E402
 from rli2it_med.registration.task import RegistrationTask  # noqa: E402
 from rli2it_med.registration.train import collect, default_config  # noqa: E402
 
@@ -132,8 +136,33 @@ def adam_first_construction() -> float:
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
+def fold_barrier_cost(margin: float = 0.05) -> dict[str, float]:
+    """Seconds of the fold barrier's value + gradient on a 3D working-grid field (96x112x96) that folds in a few
+    voxels: differentiated on the whole grid, and by :func:`fold_barrier` (only where det J < margin)."""
+    torch.manual_seed(0)
+    u = (torch.randn(1, 3, 96, 112, 96) * 0.3).requires_grad_()  # white noise: ~0.1 % of voxels fold
+    whole = lambda: torch.autograd.grad(torch.relu(margin - jacobian_determinant(u)).mean(), u)  # noqa: E731
+    return {
+        "folding_percent": float((jacobian_determinant(u.detach()) <= 0).float().mean() * 100),
+        "whole": timed(whole, 5),
+        "sparse": timed(lambda: torch.autograd.grad(fold_barrier(u, margin), u), 5),
+    }
+
+
+def print_fold_barrier_cost() -> None:
+    r = fold_barrier_cost()
+    print(f"\nfold barrier forward + backward, 96x112x96 field folding in {r['folding_percent']:.3f} % of its voxels: "
+          f"whole grid {r['whole']:.3f} s, fold_barrier {r['sparse']:.3f} s")  # fmt: skip
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fold-barrier", action="store_true", help="only the fold barrier's cost (no data needed)")
+    args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.fold_barrier:
+        print_fold_barrier_cost()
+        return
     print(
         "| preset | state grid | image grid | batch | s/update | s/rollout step "
         "| LNCC fwd+bwd, MONAI (s) | LNCC fwd+bwd, ours (s) |"
@@ -156,6 +185,7 @@ def main() -> None:
     print("|---|---|---|---|")
     print(f"| planner + actor | {r['grid']} | {r['full']:.4f} | {r['coarse']:.4f} |")
     print(f"\ntorch.optim.Adam's first construction in a fresh process: {adam_first_construction():.2f} s")
+    print_fold_barrier_cost()
 
 
 if __name__ == "__main__":
