@@ -732,10 +732,29 @@ def check_writable(paths: list[str | Path | None]) -> None:
             raise ValueError(f"{folder}: output directory not writable")
 
 
+def qc_title(stats: dict[str, Any]) -> str:
+    """One line of a registration's statistics for its QC figure: Dice (mean over labels) before, after the
+    affine and after registration when known, folding % and the Jacobian's range (not the time taken: the same
+    registration gives the same figure)."""
+    parts = []
+    if "dice_mean" in stats:
+        affine = np.mean(list(stats["dice_affine"].values())) if stats.get("dice_affine") else float("nan")
+        before, after = stats["dice_before_mean"], stats["dice_mean"]
+        parts.append(f"Dice {before:.3f} before, {affine:.3f} affine, {after:.3f} after")
+    if "folding_percent" in stats:
+        parts.append(f"folding {stats['folding_percent']:.3f} %")
+    if "jacobian_min" in stats:
+        parts.append(f"det J {stats['jacobian_min']:.2f} to {stats['jacobian_max']:.2f}")
+    return "   |   ".join(parts)
+
+
 def qc_figure(result: ClinicalResult, fixed: Any, moving: Any, fixed_seg: Any | None = None) -> np.ndarray:
-    """The QC picture of a clinical registration: fixed, moving (affinely placed in the fixed space), warped,
-    checkerboard, deformed grid and the Jacobian determinant map, three mid slices each. What has to be resampled
-    for it is resampled on those slices only (a 1 mm head is 16 M voxels, a slice 65 k)."""
+    """The QC figure of a clinical registration (:func:`rli2it_med.registration.qc.qc_picture`, an RGB array
+    1600 px wide): fixed, moving (affinely placed in the fixed space), warped, checkerboard, deformed grid,
+    log-Jacobian and, with ``fixed_seg``, the fixed and warped labels' contours on the fixed image, on the three
+    orthogonal mid slices in anatomical orientation, titled with :func:`qc_title`. The bundles, ``rli2it
+    register`` and :func:`save_outputs` all write this figure. What has to be resampled for it is resampled on
+    those slices only (a 1 mm head is 16 M voxels, a slice 65 k)."""
     from rli2it_med.registration.qc import qc_picture
 
     sitk = _sitk()
@@ -743,7 +762,7 @@ def qc_figure(result: ClinicalResult, fixed: Any, moving: Any, fixed_seg: Any | 
     moving = read_image(moving)
     pre = result.affine if result.affine is not None else sitk.Transform()
     nd, size = fixed.GetDimension(), fixed.GetSize()
-    # the fixed grid cut to each mid slice (qc.mid_slices' order: axial, coronal, sagittal), as 1-voxel-thick images
+    # the fixed grid cut to each mid slice (qc.mid_slices' order), as 1-voxel-thick images
     if nd == 3:
         x, y, z = (n // 2 for n in size)
         cuts = [(fixed[:, :, z : z + 1], 2), (fixed[:, y : y + 1, :], 1), (fixed[x : x + 1, :, :], 0)]
@@ -763,7 +782,16 @@ def qc_figure(result: ClinicalResult, fixed: Any, moving: Any, fixed_seg: Any | 
         lines = _image(np.broadcast_to(on_line[a] | on_line[b], size).astype(np.float32), like=fixed)
         grids.append(on_cut(lines, cut, axis, result.transform))
     seg = None if fixed_seg is None else _xyz(read_segmentation(fixed_seg, fixed))
-    return qc_picture(_xyz(fixed), moved, _xyz(result.warped), seg, grid=grids, jacobian=_xyz(result.jacobian))
+    # the results may have come back as the kind of the fixed image (register): read them as images again
+    warped_seg = None
+    if seg is not None and result.warped_seg is not None:
+        warped_seg = _xyz(read_segmentation(result.warped_seg, fixed, "warped segmentation"))
+    warped, jacobian = (_xyz(read_image(x, name)) for x, name in ((result.warped, "warped"), (result.jacobian, "jac")))
+    return qc_picture(
+        _xyz(fixed), moved, warped, seg, grids, jacobian, warped_seg,
+        direction=np.asarray(fixed.GetDirection()), spacing=fixed.GetSpacing(), title=qc_title(result.stats),
+        moving_name="moving, affine only" if result.affine is not None else "moving, before",
+    )  # fmt: skip
 
 
 def save_outputs(

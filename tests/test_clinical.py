@@ -91,10 +91,23 @@ def test_the_qc_picture_resampled_on_its_slices_is_the_whole_volume_resampled(sc
         lines = ((index[a] % 8 == 0) | (index[b] % 8 == 0)).astype(np.float32)
         grids.append(mid_slices(whole(clinical._image(lines, like=fixed), transform))[view])
     expected = qc_picture(clinical._xyz(fixed), whole(moving, pre), clinical._xyz(warped), grid=grids,
-                          jacobian=clinical._xyz(jacobian))  # fmt: skip
+                          jacobian=clinical._xyz(jacobian), direction=np.asarray(fixed.GetDirection()),
+                          spacing=fixed.GetSpacing(), moving_name="moving, affine only").astype(int)  # fmt: skip
     got = clinical.qc_figure(result, fixed, moving).astype(int)
-    assert got.shape == expected.shape
+    assert got.shape == expected.shape and got.shape[1] >= 1200
     assert np.abs(got - expected).max() <= 1 and np.mean(got != expected) < 1e-3  # rounding of the same points
+
+
+def test_the_api_draws_the_command_lines_qc_figure(scans, registered):
+    """One figure whichever way a registration runs: clinical.register + qc_figure (the API) gives the PNG that
+    rli2it register wrote (the bundles write it through the same save_outputs), up to the run-to-run noise of the
+    registration itself (multithreaded float sums: det J's minimum moves in the title, a grid line by a pixel)."""
+    result = clinical.register(scans["fixed"], scans["moving"], scans["fixed_seg"], scans["moving_seg"], device="cpu")
+    api = clinical.qc_figure(result, scans["fixed"], scans["moving"], scans["fixed_seg"]).astype(int)
+    cli = sitk.GetArrayFromImage(sitk.ReadImage(str(registered["qc"]))).astype(int)
+    assert api.shape == cli.shape and api.shape[1] >= 1200
+    diff = np.abs(api - cli)
+    assert diff.mean() < 2 and (diff.max(-1) > 32).mean() < 0.01  # measured: 0.5 and 0.1 %
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".nii.gz", ".nrrd"])
