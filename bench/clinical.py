@@ -5,17 +5,22 @@ end-to-end time and peak memory against ANTsPy SyN on the same pair.
    network (the bundle's numbers), (b) by the clinical pipeline from NIfTI files on the same 2 mm grid, and (c) by
    the clinical pipeline with the moving scan stored on an oblique (10 degrees), anisotropic 1.2 x 1.5 x 1.0 mm
    LPS grid; (b) and (c) with and without the affine pre-alignment. Dice GM/WM on the fixed grid.
-2. Time and memory: one pair upsampled to a 1 mm 182x218x182 grid, and the same pair at 2 mm: `rli2it register`
-   end to end (read, affine, agent, outputs written) in a fresh process, and ANTsPy ``SyN`` (affine + SyN,
-   defaults) on the same files, each process's peak resident memory.
+2. Time and memory, every run a fresh process timed from its start to its exit (interpreter, imports, model,
+   reading, registration, outputs written), side by side with ANTsPy ``SyN`` (affine + SyN, defaults) on the same
+   files, each process's peak resident memory: one cold `rli2it register` call on a 2 mm pair, a batch
+   (`rli2it register --pairs`, ``--batch`` pairs at 2 mm, one process; SyN likewise in one process) and one cold
+   call on the pair upsampled to a 1 mm 182x218x182 grid. Ratios SyN / rli2it per pair.
 
     python bench/clinical.py --pairs 10
     python bench/clinical.py --skip-dice --breakdown     # timing table only, plus rli2it's stages at 1 mm
+
+Builds ``data/brain3d`` when it is missing (``data_prep/brain.py``) and uses the shipped 3D bundle.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -100,12 +105,12 @@ def dice_table(data: str, n: int, tmp: Path) -> list[dict]:
             for k, v in rows.items()]  # fmt: skip
 
 
-def make_files(data: str, tmp: Path, spacing_mm: float, shape: tuple[int, ...]) -> dict[str, Path]:
-    """Test pair 0 resampled (linear / nearest) onto a centred isotropic grid, written as NIfTI."""
+def make_files(data: str, tmp: Path, spacing_mm: float, shape: tuple[int, ...], index: int = 0) -> dict[str, Path]:
+    """Test pair ``index`` resampled (linear / nearest) onto a centred isotropic grid, written as NIfTI."""
     pairs = PairDataset.load(data, "test", "template")
     _, meta = load_dataset(data, "test")
     affine = np.asarray(meta["affine_3d"])
-    p = pairs.get([0])
+    p = pairs.get([index])
     out = {}
     for key, arr, interp in (("fixed", p.fixed, sitk.sitkLinear), ("moving", p.moving, sitk.sitkLinear),
                              ("fixed_seg", p.fixed_seg, sitk.sitkNearestNeighbor),
@@ -120,38 +125,26 @@ def make_files(data: str, tmp: Path, spacing_mm: float, shape: tuple[int, ...]) 
                             img.GetDirection(), 0.0, sitk.sitkFloat32)  # fmt: skip
         if "seg" in key:
             res = sitk.Cast(res, sitk.sitkInt16)
-        out[key] = tmp / f"{key}_{spacing_mm:g}mm.nii.gz"
+        out[key] = tmp / f"{key}_{spacing_mm:g}mm_{index}.nii.gz"
         sitk.WriteImage(res, str(out[key]))
     return out
 
 
-RUN_RLI2IT = """
-import sys, time, json
-t = time.perf_counter()
-from rli2it_med.cli.main import main
-rc = main(["register", "--fixed", sys.argv[1], "--moving", sys.argv[2], "--fixed-seg", sys.argv[3],
-           "--moving-seg", sys.argv[4], "--warped-out", sys.argv[5] + "/w.nii.gz", "--warped-seg-out",
-           sys.argv[5] + "/ws.nii.gz", "--transform-out", sys.argv[5] + "/t.h5", "--stats-out", sys.argv[5] + "/s.json",
-           "--device", "cpu", "--threads", "2"])
-stats = json.load(open(sys.argv[5] + "/s.json"))
-peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
-print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "peak_mb": peak, "dice": stats.get("dice")}))
-"""
-
 RUN_ANTS = """
-import sys, time, json
+import csv, json, sys
 import ants, numpy as np
-t = time.perf_counter()
-f, m = ants.image_read(sys.argv[1]), ants.image_read(sys.argv[2])
-fs, ms = ants.image_read(sys.argv[3]), ants.image_read(sys.argv[4])
-reg = ants.registration(f, m, type_of_transform="SyN")
-w = ants.apply_transforms(f, ms, reg["fwdtransforms"], interpolator="nearestNeighbor")
-ants.image_write(reg["warpedmovout"], sys.argv[5] + "/ants_w.nii.gz")
-seconds = time.perf_counter() - t
-a, b = w.numpy(), fs.numpy()
-dice = {str(v): float(2 * np.sum((a == v) & (b == v)) / max(np.sum(a == v) + np.sum(b == v), 1)) for v in (1, 2, 3)}
-peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
-print(json.dumps({"seconds": seconds, "peak_mb": peak, "dice": dice}))
+dice = []
+for row in csv.DictReader(open(sys.argv[1])):
+    f, m = ants.image_read(row["fixed"]), ants.image_read(row["moving"])
+    fs, ms = ants.image_read(row["fixed_seg"]), ants.image_read(row["moving_seg"])
+    reg = ants.registration(f, m, type_of_transform="SyN")  # its transforms are written as files
+    w = ants.apply_transforms(f, ms, reg["fwdtransforms"], interpolator="nearestNeighbor")
+    ants.image_write(reg["warpedmovout"], sys.argv[2] + "/" + row["id"] + "_warped.nii.gz")
+    ants.image_write(w, sys.argv[2] + "/" + row["id"] + "_warped_seg.nii.gz")
+    a, b = w.numpy(), fs.numpy()
+    dice.append({str(v): float(2 * np.sum((a == v) & (b == v)) / max(np.sum(a == v) + np.sum(b == v), 1))
+                 for v in (1, 2, 3)})
+print(json.dumps(dice))
 """
 
 
@@ -176,29 +169,90 @@ print(json.dumps({"imports": t1 - t0, "read": t2 - t1, "model": t3 - t2, "regist
 """
 
 
+def _env() -> dict:
+    return dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2", OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+
+
+def timed(args: list[str]) -> dict:
+    """Run a fresh process to its exit: wall-clock seconds from its start (interpreter, imports, model, reading,
+    writing: everything a user waits for), its peak resident memory (the kernel's account of that child) and its
+    stdout."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=_env())
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:4])}...: exit {proc.returncode}\n{err.read()[-2000:]}")
+        return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024, "stdout": out.read()}
+
+
 def run(script: str, files: dict[str, Path], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="2", OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
-    args = [
-        sys.executable,
-        "-c",
-        script,
-        *(str(files[k]) for k in ("fixed", "moving", "fixed_seg", "moving_seg")),
-        str(out),
-    ]
-    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    args = [sys.executable, "-c", script, *(str(files[k]) for k in ("fixed", "moving", "fixed_seg", "moving_seg"))]
+    proc = subprocess.run([*args, str(out)], capture_output=True, text=True, env=_env())
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _pairs_csv(cases: list[dict[str, Path]], path: Path) -> Path:
+    lines = ["fixed,moving,fixed_seg,moving_seg,id"]
+    lines += [",".join(str(c[k]) for k in ("fixed", "moving", "fixed_seg", "moving_seg", "id")) for c in cases]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _gm_wm(dice: dict) -> float:
+    return (dice["2"] + dice["3"]) / 2
+
+
+def time_rli2it(cases: list[dict[str, Path]], out: Path) -> dict:
+    """``rli2it register`` as a user runs it: one pair by its file arguments (warped image and labels, transform,
+    statistics), or a batch by ``--pairs`` (which also writes each pair's Jacobian map and QC figure)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "rli2it", "register", "--device", "cpu", "--threads", "2"]
+    if len(cases) == 1:
+        c = cases[0]
+        files = [f"--{k.replace('_', '-')}={c[k]}" for k in ("fixed", "moving", "fixed_seg", "moving_seg")]
+        outputs = {"warped-out": "w.nii.gz", "warped-seg-out": "ws.nii.gz", "transform-out": "t.h5"}
+        outputs["stats-out"] = "s.json"
+        r = timed([*cli, *files, *(f"--{k}={out / v}" for k, v in outputs.items())])
+        dice = [json.loads((out / "s.json").read_text())["dice"]]
+    else:
+        r = timed([*cli, "--pairs", str(_pairs_csv(cases, out / "pairs.csv")), "--out-dir", str(out / "results")])
+        dice = [json.loads((out / "results" / c["id"] / "stats.json").read_text())["dice"] for c in cases]
+    return {"s_per_pair": r["seconds"] / len(cases), "seconds": r["seconds"], "peak_mb": r["peak_mb"],
+            "dice_gm_wm": float(np.mean([_gm_wm(d) for d in dice]))}  # fmt: skip
+
+
+def time_syn(cases: list[dict[str, Path]], out: Path) -> dict:
+    """ANTsPy SyN (affine + SyN, defaults) on the same files in one fresh process, writing the warped image and
+    labels (its transforms are files already)."""
+    out.mkdir(parents=True, exist_ok=True)
+    r = timed([sys.executable, "-c", RUN_ANTS, str(_pairs_csv(cases, out / "pairs.csv")), str(out)])
+    dice = json.loads(r["stdout"].strip().splitlines()[-1])
+    return {"s_per_pair": r["seconds"] / len(cases), "seconds": r["seconds"], "peak_mb": r["peak_mb"],
+            "dice_gm_wm": float(np.mean([_gm_wm(d) for d in dice]))}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(ROOT / "data" / "brain3d"))
+    parser.add_argument("--data", help="dataset folder (default data/brain3d, built when missing)")
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--skip-dice", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="also time each stage of rli2it on the 1 mm pair")
+    parser.add_argument("--batch", type=int, default=5, help="2 mm pairs of the batch run (default 5)")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("ants") is None:  # before minutes of other work
+        parser.error("the ANTs SyN peer needs ANTsPy: pip install -e '.[bench]'")
+    if args.data is None:
+        from data_prep import brain
+
+        args.data = str(ROOT / "data" / "brain3d")
+        brain.ensure(3, args.data)
     torch.set_num_threads(2)
     report: dict = {"date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as t:
@@ -210,23 +264,32 @@ def main(argv: list[str] | None = None) -> None:
             for r in report["dice"]:
                 print(f"| {r['setting']} | {r['dice_gm_wm']:.3f} | {r['minus_bundle']:+.3f} |")
         report["timing"] = []
-        for mm, shape in ((2.0, (96, 112, 96)), (1.0, (182, 218, 182))):
-            files = make_files(args.data, tmp, mm, shape)
-            ours = run(RUN_RLI2IT, files, tmp / f"ours{mm:g}")
-            syn = run(RUN_ANTS, files, tmp / f"ants{mm:g}")
-            report["timing"].append({"grid": f"{mm:g} mm {'x'.join(map(str, shape))}", "rli2it": ours, "syn": syn})
+        for mm, shape, n in ((2.0, (96, 112, 96), args.batch), (1.0, (182, 218, 182), 1)):
+            grid = f"{mm:g} mm {'x'.join(map(str, shape))}"
+            cases = [make_files(args.data, tmp, mm, shape, i) | {"id": f"pair{i}"} for i in range(n)]
+            for kind, chosen in (("one cold call", cases[:1]), (f"batch of {n}", cases)):
+                if kind.startswith("batch") and n == 1:
+                    continue
+                row = {"grid": grid, "kind": kind, "pairs": len(chosen)}
+                row["rli2it"] = time_rli2it(chosen, tmp / f"ours_{mm:g}_{len(chosen)}")
+                row["syn"] = time_syn(chosen, tmp / f"ants_{mm:g}_{len(chosen)}")
+                report["timing"].append(row)
+                o, y = row["rli2it"], row["syn"]
+                print(f"  {grid}, {kind}: rli2it {o['s_per_pair']:.1f} s/pair, SyN {y['s_per_pair']:.1f} s/pair",
+                      file=sys.stderr, flush=True)  # fmt: skip
             if args.breakdown and mm == 1.0:
-                report["breakdown_1mm"] = run(BREAKDOWN, files, tmp / "breakdown")
-        print("\nOne pair end to end, fresh process each (2 threads)")
-        print(
-            "| grid | rli2it s | ANTsPy SyN s | SyN / rli2it | rli2it peak MB | SyN peak MB | Dice GM/WM rli2it | SyN |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
+                report["breakdown_1mm"] = run(BREAKDOWN, cases[0], tmp / "breakdown")
+        print("\nEnd to end, each a fresh process (start, imports, model, reading, registration, outputs written), "
+              "2 threads")  # fmt: skip
+        print("| grid | run | rli2it s/pair | ANTsPy SyN s/pair | SyN / rli2it | rli2it peak MB | SyN peak MB | "
+              "Dice GM/WM rli2it | SyN |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in report["timing"]:
-            o, s = r["rli2it"], r["syn"]
-            dg = lambda d: (d["2"] + d["3"]) / 2  # noqa: E731
-            print(f"| {r['grid']} | {o['seconds']:.1f} | {s['seconds']:.1f} | {s['seconds'] / o['seconds']:.1f} | "
-                  f"{o['peak_mb']:.0f} | {s['peak_mb']:.0f} | {dg(o['dice']):.3f} | {dg(s['dice']):.3f} |")  # fmt: skip
+            o, y = r["rli2it"], r["syn"]
+            r["syn_over_rli2it"] = y["s_per_pair"] / o["s_per_pair"]
+            print(f"| {r['grid']} | {r['kind']} | {o['s_per_pair']:.2f} | {y['s_per_pair']:.2f} | "
+                  f"{r['syn_over_rli2it']:.1f} | {o['peak_mb']:.0f} | {y['peak_mb']:.0f} | {o['dice_gm_wm']:.3f} | "
+                  f"{y['dice_gm_wm']:.3f} |")  # fmt: skip
     if "breakdown_1mm" in report:
         print(
             "\nrli2it stages on the 1 mm pair (s): "

@@ -104,6 +104,13 @@ def build(dim: int, out: Path, seed: int, counts: dict[str, int], velocity_std: 
     )
 
 
+def ensure(dim: int, out: str | Path) -> None:
+    """Build the default ``dim``-D dataset in ``out`` unless it is there already (the benches, on a fresh clone)."""
+    if not (Path(out) / "meta.json").is_file():
+        print(f"{out}: no dataset yet; building it (python data_prep/brain.py --dim {dim} --out {out})", flush=True)
+        main(["--dim", str(dim), "--out", str(out)])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, choices=(2, 3), required=True)
