@@ -72,3 +72,18 @@ def test_fold_barrier_is_zero_without_folds_and_keeps_the_graph():
     ddf = torch.zeros(1, 3, 6, 6, 6, requires_grad=True)
     value = fold_barrier(ddf)
     assert float(value) == 0.0 and value.requires_grad
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 9, 11), (1, 3, 7, 8, 6)])
+def test_diffusion_loss_is_monais_in_value_and_gradient(shape):
+    from monai.losses import DiffusionLoss
+
+    from rli2it_med.registration.losses import diffusion_loss
+
+    ddf = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    ours, theirs = diffusion_loss(ddf), DiffusionLoss()(ddf)
+    assert torch.allclose(ours, theirs)
+    g_ours, g_theirs = (torch.autograd.grad(v, ddf)[0] for v in (ours, theirs))
+    assert torch.allclose(g_ours, g_theirs)
+    with pytest.raises(ValueError, match="spatial size"):
+        diffusion_loss(torch.zeros(1, 2, 2, 5))
