@@ -209,6 +209,13 @@ def _gm_wm(dice: dict) -> float:
     return (dice["2"] + dice["3"]) / 2
 
 
+def _timing(run: dict, dice: list[dict]) -> dict:
+    """A timed run's row: seconds per pair, in all, peak memory and mean Dice GM/WM over its pairs."""
+    n = len(dice)
+    return {"s_per_pair": run["seconds"] / n, "seconds": run["seconds"], "peak_mb": run["peak_mb"],
+            "dice_gm_wm": float(np.mean([_gm_wm(d) for d in dice]))}  # fmt: skip
+
+
 def time_rli2it(cases: list[dict[str, Path]], out: Path) -> dict:
     """``rli2it register`` as a user runs it: one pair by its file arguments (warped image and labels, transform,
     statistics), or a batch by ``--pairs`` (which also writes each pair's Jacobian map and QC figure)."""
@@ -224,8 +231,7 @@ def time_rli2it(cases: list[dict[str, Path]], out: Path) -> dict:
     else:
         r = timed([*cli, "--pairs", str(_pairs_csv(cases, out / "pairs.csv")), "--out-dir", str(out / "results")])
         dice = [json.loads((out / "results" / c["id"] / "stats.json").read_text())["dice"] for c in cases]
-    return {"s_per_pair": r["seconds"] / len(cases), "seconds": r["seconds"], "peak_mb": r["peak_mb"],
-            "dice_gm_wm": float(np.mean([_gm_wm(d) for d in dice]))}  # fmt: skip
+    return _timing(r, dice)
 
 
 def time_syn(cases: list[dict[str, Path]], out: Path) -> dict:
@@ -234,8 +240,7 @@ def time_syn(cases: list[dict[str, Path]], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     r = timed([sys.executable, "-c", RUN_ANTS, str(_pairs_csv(cases, out / "pairs.csv")), str(out)])
     dice = json.loads(r["stdout"].strip().splitlines()[-1])
-    return {"s_per_pair": r["seconds"] / len(cases), "seconds": r["seconds"], "peak_mb": r["peak_mb"],
-            "dice_gm_wm": float(np.mean([_gm_wm(d) for d in dice]))}  # fmt: skip
+    return _timing(r, dice)
 
 
 def main(argv: list[str] | None = None) -> None:

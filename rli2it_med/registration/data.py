@@ -25,11 +25,12 @@ def scale_intensity(image: np.ndarray) -> np.ndarray:
     return np.clip(image / (top if top > 0 else 1.0), 0, 1).astype(np.float32)
 
 
-def intensity_window(image: np.ndarray) -> tuple[float, float]:
+def intensity_window(image: np.ndarray, step: int = 2) -> tuple[float, float]:
     """``(lo, hi)``: the background level (0.5th percentile of all voxels: 0, a scanner offset, air noise) and the
-    bright end (99.5th percentile of the voxels above it), from every 8th voxel in 3D. ``(x - lo) / (hi - lo)`` is
-    the same image whatever its units (``a x + b``, ``a > 0``); ``hi <= lo`` for a constant image."""
-    sample = np.asarray(image[(slice(None, None, 2),) * image.ndim], dtype=np.float64)
+    bright end (99.5th percentile of the voxels above it), from every ``step``-th voxel along each axis (every 8th
+    in 3D; ``step=1``: all of them). ``(x - lo) / (hi - lo)`` is the same image whatever its units (``a x + b``,
+    ``a > 0``); ``hi <= lo`` for a constant image."""
+    sample = np.asarray(image[(slice(None, None, step),) * image.ndim], dtype=np.float64)
     lo = float(np.percentile(sample, 0.5))
     above = sample[sample > lo]
     return lo, (float(np.percentile(above, 99.5)) if above.size else lo)

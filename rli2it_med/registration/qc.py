@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rli2it_med.registration.data import intensity_window
+
 __all__ = ["FIGURE_WIDTH", "mid_slices", "qc_picture", "slice_views"]
 
 FIGURE_WIDTH = 1600  # px
@@ -73,10 +75,10 @@ def slice_views(direction: np.ndarray | None = None, spacing: tuple[float, ...] 
         direction3 = np.eye(3)
         direction3[:2, :2] = direction
     cuts = [2, 1, 0] if nd == 3 else [2]
+    dominant = [int(np.argmax(np.abs(direction3[:, k]))) for k in range(3)]  # each index axis' nearest LPS axis
     views = []
     for cut in cuts:
         axes = [k for k in range(3) if k != cut]  # the slice's two axes, in index order
-        dominant = [int(np.argmax(np.abs(direction3[:, k]))) for k in range(3)]
         plane = _PLANE_OF_NORMAL[dominant[cut]] if nd == 3 else "axial"
         wanted_across = 1 if plane == "sagittal" else 0  # the LPS axis that runs across the screen
         across = next((i for i, k in enumerate(axes) if dominant[k] == wanted_across), 0)
@@ -112,12 +114,9 @@ def _cut(volume: Volume) -> list[np.ndarray]:
 
 
 def _window(slices: list[np.ndarray]) -> tuple[float, float]:
-    """:func:`~rli2it_med.registration.data.intensity_window`'s ``(lo, hi)`` of all the slices' voxels (no
-    subsampling: the window does not depend on the order the slices are stored in)."""
-    values = np.concatenate([np.asarray(s, np.float64).ravel() for s in slices])
-    lo = float(np.percentile(values, 0.5))
-    above = values[values > lo]
-    hi = float(np.percentile(above, 99.5)) if above.size else lo
+    """:func:`~rli2it_med.registration.data.intensity_window` of all the slices' voxels (not subsampled: the window
+    does not depend on the order the slices are stored in)."""
+    lo, hi = intensity_window(np.concatenate([np.asarray(s).ravel() for s in slices]), step=1)
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
