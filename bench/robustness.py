@@ -223,7 +223,8 @@ def folding_percent(transform: sitk.Transform, fixed: sitk.Image) -> float:
     """% of the fixed grid's voxels where the transform's Jacobian determinant is <= 0: the transform sampled on that
     grid as a displacement field, differentiated in physical space (:func:`rli2it_med.clinical.jacobian_map`; ITK's
     own filter ignores the grid's direction), the same measure for every method."""
-    return float((sitk.GetArrayViewFromImage(clinical.jacobian_map(transform, fixed)) <= 0).mean() * 100)
+    det = clinical.jacobian_map(transform, fixed)  # kept: a view of a freed image reads freed memory (segfault)
+    return float((sitk.GetArrayViewFromImage(det) <= 0).mean() * 100)
 
 
 def run_rli2it(paths: dict[str, Path], net, contrast: str = "auto") -> dict:

@@ -312,3 +312,14 @@ def test_affine_prealignment_is_reproducible_under_a_seed():
     assert np.abs(other - runs[0]).max() > 0.3  # the seed does reach the sampler
     with pytest.raises(ValueError, match="seed"):
         clinical.affine_prealign(fixed, moving, seed=-1)
+
+
+def test_dice_by_label_counts_any_label_values_the_same_way():
+    """Label values that index a count take three bincounts, any others (negative, huge) the sorted confusion
+    count: both give each target label's Dice by hand; labels only the moved map has are not scored."""
+    target = np.array([[0, 1, 1, 2], [2, 2, 5, 5]])
+    moved = np.array([[0, 1, 2, 2], [2, 7, 5, 0]])
+    expected = {"1": 2 * 1 / 3, "2": 2 * 2 / 6, "5": 2 * 1 / 3}
+    for offset in (0, -10, 1 << 40):  # the bincount path, then the general one twice
+        got = clinical.dice_by_label(np.where(target, target + offset, 0), np.where(moved, moved + offset, 0))
+        assert got == pytest.approx({str(int(k) + offset): v for k, v in expected.items()})

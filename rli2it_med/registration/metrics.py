@@ -42,6 +42,19 @@ def hd95_per_label(
     return compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)
 
 
+def _central_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.gradient(x, dim=dim)`` (central inside, one-sided at both ends) written into one tensor: the same
+    values in a quarter of the time (``torch.gradient`` concatenates its pieces); not differentiable."""
+    n = x.shape[dim]
+    out = torch.empty_like(x)
+    inner = out.narrow(dim, 1, n - 2)
+    torch.sub(x.narrow(dim, 2, n - 2), x.narrow(dim, 0, n - 2), out=inner)
+    inner.mul_(0.5)
+    torch.sub(x.narrow(dim, 1, 1), x.narrow(dim, 0, 1), out=out.narrow(dim, 0, 1))
+    torch.sub(x.narrow(dim, n - 1, 1), x.narrow(dim, n - 2, 1), out=out.narrow(dim, n - 1, 1))
+    return out
+
+
 def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
     """Determinant of the Jacobian of ``x -> x + ddf(x)``.
 
@@ -56,17 +69,24 @@ def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
     ndim = ddf.ndim - 2
     if ndim not in (2, 3) or ddf.shape[1] != ndim:
         raise ValueError(f"expected a field of shape (B, ndim, H, W[, D]) with ndim 2 or 3, got {tuple(ddf.shape)}")
-    # jac[b, i, j, ...] = d ddf_i / d x_j
-    grads = torch.gradient(ddf, dim=tuple(range(2, 2 + ndim)))
-    jac = torch.stack(grads, dim=2)
-    eye = torch.eye(ndim, dtype=ddf.dtype, device=ddf.device).view(1, ndim, ndim, *([1] * ndim))
-    jac = jac + eye
+    # grads[j][:, i] = d ddf_i / d x_j; the identity added in place and the determinant expanded on those views
+    # (stacking the nine into one tensor and adding an eye took two thirds of the time)
+    if torch.is_grad_enabled() and ddf.requires_grad:
+        grads = list(torch.gradient(ddf, dim=tuple(range(2, 2 + ndim))))
+    else:
+        grads = [_central_difference(ddf, 2 + d) for d in range(ndim)]
+    for j in range(ndim):
+        grads[j][:, j] += 1
+
+    def jac(i: int, j: int) -> torch.Tensor:
+        return grads[j][:, i]
+
     if ndim == 2:
-        return jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+        return jac(0, 0) * jac(1, 1) - jac(0, 1) * jac(1, 0)
     return (
-        jac[:, 0, 0] * (jac[:, 1, 1] * jac[:, 2, 2] - jac[:, 1, 2] * jac[:, 2, 1])
-        - jac[:, 0, 1] * (jac[:, 1, 0] * jac[:, 2, 2] - jac[:, 1, 2] * jac[:, 2, 0])
-        + jac[:, 0, 2] * (jac[:, 1, 0] * jac[:, 2, 1] - jac[:, 1, 1] * jac[:, 2, 0])
+        jac(0, 0) * (jac(1, 1) * jac(2, 2) - jac(1, 2) * jac(2, 1))
+        - jac(0, 1) * (jac(1, 0) * jac(2, 2) - jac(1, 2) * jac(2, 0))
+        + jac(0, 2) * (jac(1, 0) * jac(2, 1) - jac(1, 1) * jac(2, 0))
     )
 
 

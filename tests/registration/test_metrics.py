@@ -35,6 +35,19 @@ def test_jacobian_agrees_with_simpleitk():
     np.testing.assert_allclose(ours[1:-1, 1:-1, 1:-1], theirs[1:-1, 1:-1, 1:-1], atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 9), (12, 13), (5, 6, 7)])
+def test_jacobian_without_a_graph_equals_the_differentiable_one(shape):
+    """Without a gradient to keep the derivatives are written into one tensor; with one, ``torch.gradient``: the
+    same values, faces included (the one-sided differences), and the second path keeps its graph."""
+    ddf = torch.randn(2, len(shape), *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fast = jacobian_determinant(ddf)
+    ddf.requires_grad_(True)
+    slow = jacobian_determinant(ddf)
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-15, rtol=1e-12)
+    (grad,) = torch.autograd.grad(slow.sum(), ddf)
+    assert grad.abs().sum() > 0
+
+
 def test_folding_percent_counts_folded_voxels():
     ddf = torch.zeros(1, 2, 10, 10)
     assert folding_percent(ddf).item() == 0.0
